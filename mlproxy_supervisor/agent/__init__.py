@@ -1,0 +1,1 @@
+"""The health agent: readiness-ordered start-up, restarts on crash and hang, status everywhere."""

@@ -1,0 +1,202 @@
+"""The agent's one loop: observe, probe, reconcile, act, report. All the I/O lives here.
+
+Safe to restart at any moment: a new agent reads supervisord's view, adopts what runs (restarting
+nothing that is healthy) and carries on its predecessor's counters from the status document.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .. import credentials
+from ..config import Settings
+from ..rpc import ALIVE_STATES, STOPPED, Supervisor, SupervisorUnavailable
+from . import metrics, reconcile, report
+from .notify import Notifier
+from .probes import Prober
+from .reconcile import SERVICES, Memory, Observation, Overall, Restart, Start
+
+IDLE_TICK = 0.5  # seconds between looks at supervisord when nothing is starting
+STATUS_REFRESH = 2.0  # rewrite the status document at least this often (freshness for readers)
+KILL_WAIT = 3.0  # seconds to wait for supervisord to reap a killed process group
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def process_group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:  # fields: state, ppid, pgrp, ...
+            members.append(int(entry))
+    return members
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a program's whole process group (supervisord makes each program a group leader)."""
+    if pgid <= 1 or not process_group_members(pgid):
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def restore_memory(settings: Settings, supervisor_pid: int | None) -> Memory:
+    """Carry counters over from the previous agent of the same supervisord, if any."""
+    previous = report.read_status(settings.status_file)
+    memory = Memory()
+    if not previous or supervisor_pid is None or previous.get("supervisord", {}).get("pid") != supervisor_pid:
+        return memory
+    services = dict(memory.services)
+    for name in SERVICES:
+        old = previous.get("services", {}).get(name, {})
+        services[name] = replace(
+            services[name],
+            pid=old.get("pid", 0),
+            restarts=old.get("restarts", 0),
+            operator_stopped=old.get("stopped_by_operator", False),
+            restart_pending=old.get("restart_pending", False),
+        )
+    return replace(memory, services=services, ever_ready=previous.get("overall") in ("ready", "degraded"))
+
+
+class Agent:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.supervisor = Supervisor(settings.socket_path)
+        self.prober = Prober(settings, lambda: credentials.read_token(settings.jupyter.token_file))
+        self.notifier = Notifier()
+        self.events = report.EventLog()
+        self.metrics = self._start_metrics()
+        self.stopping = False
+        self.ready_notified = False
+        self.supervisor_pid: int | None = None
+        self.last_document: dict | None = None
+        self.last_write = 0.0
+        self.last_watchdog = 0.0
+
+    def _start_metrics(self) -> metrics.MetricsServer | None:
+        port = self.settings.agent.metrics_port
+        if not port:
+            return None
+        try:
+            return metrics.MetricsServer(port)
+        except OSError as error:
+            log(f"metrics: cannot listen on 127.0.0.1:{port} ({error.strerror}); set agent.metrics_port")
+            return None
+
+    def observe(self) -> tuple[str | None, dict]:
+        try:
+            state = self.supervisor.state()
+            processes = self.supervisor.processes()
+            if self.supervisor_pid is None:
+                self.supervisor_pid = self.supervisor.pid()
+            return state, processes
+        except SupervisorUnavailable:
+            return None, {}
+
+    def execute(self, action: Start | Restart) -> None:
+        try:
+            if isinstance(action, Start):
+                self.supervisor.start(action.service)
+                return
+            # Restart: tell supervisord the exit is intended, then kill without grace (a hung
+            # process would sit out stopwaitsecs), wait for the reap, start again.
+            self.supervisor.stop(action.service)
+            kill_group(action.pid)
+            deadline = time.monotonic() + KILL_WAIT
+            while time.monotonic() < deadline:
+                if self.supervisor.processes()[action.service].state not in ALIVE_STATES:
+                    break
+                time.sleep(0.05)
+            if self.supervisor.processes()[action.service].state == STOPPED:
+                self.supervisor.start(action.service)
+        except SupervisorUnavailable as error:
+            log(f"{action.service}: could not {type(action).__name__.lower()}: {error}")
+        except Exception as error:  # an XML-RPC fault: report it, retry on a later step
+            log(f"{action.service}: {type(action).__name__.lower()} failed: {error}")
+
+    def report(self, memory: Memory, processes: dict, now: float) -> None:
+        document = report.status_document(memory, processes, self.settings, self.events, self.supervisor_pid, time.time())
+        for name in SERVICES:
+            document["services"][name]["restart_pending"] = memory.services[name].restart_pending
+        comparable = {k: v for k, v in document.items() if k != "updated"}
+        if comparable != self.last_document or now - self.last_write >= STATUS_REFRESH:
+            report.write_atomically(self.settings.status_file, document)
+            self.last_document, self.last_write = comparable, now
+        if self.metrics is not None:
+            self.metrics.text = metrics.render(memory, processes)
+        summary = report.status_line(memory)
+        if memory.overall is Overall.READY and not self.ready_notified:
+            self.notifier.ready(summary)
+            self.ready_notified = True
+        else:
+            self.notifier.status(summary)
+        interval = self.notifier.watchdog_interval
+        if interval and memory.supervisor_available and now - self.last_watchdog >= interval:
+            self.notifier.watchdog()  # only while supervisord answers: a frozen one gets us restarted
+            self.last_watchdog = now
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        state, processes = self.observe()
+        memory = restore_memory(self.settings, self.supervisor_pid)
+        log(f"agent started (pid {os.getpid()}), supervisord {'pid ' + str(self.supervisor_pid) if self.supervisor_pid else 'not answering'}")
+        previous_pids = {name: memory.services[name].pid for name in SERVICES}
+        while not self.stopping:
+            now = time.monotonic()
+            state, processes = self.observe()
+            requests = reconcile.plan_probes(memory, processes, now, self.settings.agent) if state == "RUNNING" else []
+            results = self.prober.run_all(requests)
+            tails = {
+                name: self.supervisor.tail(name)
+                for name, info in processes.items()
+                if name in SERVICES and reconcile.wants_log_tail(memory, info, self.settings.agent)
+            }
+            seen = Observation(time.monotonic(), state, processes, results, tails, time.time())
+            memory, actions, events = reconcile.reconcile(memory, seen, self.settings.agent)
+            for event in events:
+                log(self.events.record(event, seen.wall))
+            for action in actions:
+                self.execute(action)
+            self._reap_leftovers(previous_pids, processes)
+            previous_pids = {name: processes[name].pid for name in SERVICES if name in processes}
+            self.report(memory, processes, now)
+            busy = any(not memory.services[n].ready for n in SERVICES) or not memory.route.ready
+            time.sleep(self.settings.agent.startup_period if busy else IDLE_TICK)
+        log("agent stopping")
+        if self.metrics is not None:
+            self.metrics.close()
+        return 0
+
+    def _reap_leftovers(self, previous: dict[str, int], processes: dict) -> None:
+        """Kill what is left of a program's old process group (e.g. `mlflow server`'s uvicorn
+        child after a kill -9 of its parent), so it cannot hold the port against the new one."""
+        for name, old_pid in previous.items():
+            info = processes.get(name)
+            if old_pid and (info is None or info.pid != old_pid) and process_group_members(old_pid):
+                log(f"{name}: killing leftovers of process group {old_pid}")
+                kill_group(old_pid)
+
+    def _stop(self, signum, frame) -> None:
+        self.stopping = True
+
+
+def main(settings: Settings) -> int:
+    sys.stdout.reconfigure(line_buffering=True)
+    return Agent(settings).run()

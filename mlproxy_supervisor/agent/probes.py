@@ -1,0 +1,94 @@
+"""HTTP probes: what "alive" and "ready" mean for each service, and for the route users take.
+
+Each probe opens a fresh connection (no keep-alive pool, so uvicorn's delayed-ACK penalty on
+reused sockets never applies) and is bounded by its timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ..config import Settings
+from .reconcile import ROUTE, ProbeRequest, ProbeResult
+
+USER_AGENT = "mlproxy-agent"
+_EXPERIMENTS = "api/2.0/mlflow/experiments/search?max_results=1"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One HTTP GET and what its answer must look like."""
+
+    url: str
+    authenticated: bool = False
+    expect_body: bytes | None = None  # a prefix the body must start with
+
+
+def checks(settings: Settings) -> dict[tuple[str, str], list[Check]]:
+    mlflow = settings.mlflow_url
+    jupyter = settings.jupyter_local_url
+    port = settings.mlflow.port
+    return {
+        ("mlflow", "liveness"): [Check(f"{mlflow}/health", expect_body=b"OK")],
+        # Readiness touches the store: the process answering is not enough.
+        ("mlflow", "readiness"): [Check(f"{mlflow}/{_EXPERIMENTS}", expect_body=b"{")],
+        ("jupyter", "liveness"): [Check(f"{jupyter}/api", expect_body=b"{")],
+        # Authenticated: proves the token Jupyter loaded is the one users and the agent hold.
+        ("jupyter", "readiness"): [Check(f"{jupyter}/api/status", authenticated=True, expect_body=b"{")],
+        (ROUTE, "readiness"): [
+            Check(f"{jupyter}/mlflow/health", authenticated=True, expect_body=b"OK"),
+            Check(f"{jupyter}/mlflow/{_EXPERIMENTS}", authenticated=True, expect_body=b"{"),
+            Check(f"{jupyter}/proxy/{port}/health", authenticated=True, expect_body=b"OK"),
+        ],
+    }
+
+
+def _get(check: Check, token: str, timeout: float) -> str | None:
+    """None when the check passes, else what went wrong (never containing the token)."""
+    parts = urlsplit(check.url)
+    headers = {"User-Agent": USER_AGENT, "Connection": "close"}
+    if check.authenticated:
+        headers["Authorization"] = f"token {token}"
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        body = response.read(4096)
+    except TimeoutError:
+        return f"GET {parts.path}: no answer within {timeout:g} s"
+    except (OSError, http.client.HTTPException) as error:
+        return f"GET {parts.path}: {getattr(error, 'strerror', None) or error}"
+    finally:
+        connection.close()
+    if response.status != 200:
+        snippet = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
+        return f"GET {parts.path}: HTTP {response.status} {snippet}".rstrip()
+    if check.expect_body is not None and not body.startswith(check.expect_body):
+        return f"GET {parts.path}: unexpected body {body[:60]!r}"
+    return None
+
+
+class Prober:
+    def __init__(self, settings: Settings, token_source):
+        self._checks = checks(settings)
+        self._token_source = token_source  # callable: re-read, so a rotated token is picked up
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="probe")
+
+    def run(self, request: ProbeRequest) -> ProbeResult:
+        started, wall = time.monotonic(), time.time()
+        token = self._token_source() if any(c.authenticated for c in self._checks[(request.target, request.kind)]) else ""
+        problem = None
+        for check in self._checks[(request.target, request.kind)]:
+            problem = _get(check, token, request.timeout)
+            if problem:
+                break
+        return ProbeResult(request.target, request.kind, problem is None, time.monotonic() - started, wall, problem or "")
+
+    def run_all(self, requests: list[ProbeRequest]) -> tuple[ProbeResult, ...]:
+        """Run the due probes concurrently: one hung service must not delay the others' probes."""
+        return tuple(self._pool.map(self.run, requests))

@@ -1,0 +1,357 @@
+"""The agent's decisions, as pure functions of what it observed and what it remembers.
+
+``plan_probes`` says which probes are due; ``reconcile`` takes the observation (supervisord's view
+plus the probe results) and returns the smallest actions that move the stack towards "every
+service ready and the route working". No I/O here: the loop in ``loop.py`` does that, and the
+unit tests drive these functions with tables of situations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from ..config import AgentSettings
+from ..rpc import ALIVE_STATES, BACKOFF, EXITED, FATAL, STOPPED, STOPPING, ProcessInfo
+
+SERVICES = ("mlflow", "jupyter")
+DEPENDS_ON: dict[str, tuple[str, ...]] = {"mlflow": (), "jupyter": ("mlflow",)}
+ROUTE = "route"
+
+
+class Phase(str, Enum):
+    WAITING = "waiting"  # not started: a dependency is not ready yet
+    STARTING = "starting"  # process alive, not yet ready (startup probe)
+    READY = "ready"
+    UNREADY = "unready"  # was ready, readiness now failing
+    RESTARTING = "restarting"  # being replaced by supervisord or the agent
+    FAILED = "failed"  # FATAL or not ready within its startup budget; retried with backoff
+    STOPPED = "stopped"  # stopped by the operator: left alone
+
+
+class Overall(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DEGRADED = "degraded"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    target: str  # "mlflow", "jupyter" or "route"
+    kind: str  # "liveness" or "readiness"
+    ok: bool
+    latency: float  # seconds
+    at: float  # wall-clock time
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    target: str
+    kind: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float  # monotonic seconds, for schedules
+    supervisor_state: str | None  # None: supervisord did not answer
+    processes: dict[str, ProcessInfo]
+    probes: tuple[ProbeResult, ...] = ()
+    log_tails: dict[str, str] = field(default_factory=dict)
+    wall: float = 0.0
+
+
+@dataclass(frozen=True)
+class Start:
+    service: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Kill the whole process group now and start again (a hang gets no grace period)."""
+
+    service: str
+    pid: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Event:
+    service: str
+    kind: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceMemory:
+    phase: Phase = Phase.WAITING
+    pid: int = 0  # the process the fields below describe
+    ready: bool = False
+    liveness_failures: int = 0
+    readiness_failures: int = 0
+    restarts: int = 0
+    restart_pending: bool = False  # the agent stopped it to restart it
+    operator_stopped: bool = False
+    backoff: float = 0.0  # current FATAL retry delay
+    retry_at: float | None = None  # monotonic time of the next FATAL retry
+    next_liveness: float = 0.0
+    next_readiness: float = 0.0
+    last_probe: ProbeResult | None = None
+    last_error: str = ""
+    last_error_at: float = 0.0
+    log_tail: str = ""
+
+
+@dataclass(frozen=True)
+class RouteMemory:
+    ready: bool = False
+    failures: int = 0
+    next_probe: float = 0.0
+    last_probe: ProbeResult | None = None
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Memory:
+    services: dict[str, ServiceMemory] = field(default_factory=lambda: {name: ServiceMemory() for name in SERVICES})
+    route: RouteMemory = RouteMemory()
+    ever_ready: bool = False
+    supervisor_available: bool = True
+
+    @property
+    def overall(self) -> Overall:
+        if not self.supervisor_available or any(s.phase is Phase.FAILED for s in self.services.values()):
+            return Overall.DOWN
+        if self.route.ready and all(s.phase is Phase.READY for s in self.services.values()):
+            return Overall.READY
+        return Overall.DEGRADED if self.ever_ready else Overall.STARTING
+
+
+def _startup_budget(service: str, settings: AgentSettings) -> float:
+    return settings.mlflow_startup_budget if service == "mlflow" else settings.jupyter_startup_budget
+
+
+def wants_log_tail(memory: Memory, info: ProcessInfo, settings: AgentSettings) -> bool:
+    """Whether the loop should fetch the program's last log lines: only when they explain a failure."""
+    if info.state in (FATAL, BACKOFF):
+        return memory.services[info.name].retry_at is None  # once per failure, not every tick
+    stuck = info.state in ALIVE_STATES and not memory.services[info.name].ready
+    return stuck and info.now - info.start > _startup_budget(info.name, settings)
+
+
+def plan_probes(memory: Memory, processes: dict[str, ProcessInfo], now: float, settings: AgentSettings) -> list[ProbeRequest]:
+    """The probes due now: fast startup polling until ready, then periodic liveness/readiness."""
+    requests = []
+    for name in SERVICES:
+        info, mem = processes.get(name), memory.services[name]
+        if info is None or info.state not in ALIVE_STATES or info.pid != mem.pid or mem.restart_pending:
+            continue
+        if not mem.ready:
+            if now >= mem.next_readiness:
+                requests.append(ProbeRequest(name, "readiness", min(settings.readiness.timeout, 2.0)))
+            continue
+        if now >= mem.next_liveness:
+            requests.append(ProbeRequest(name, "liveness", settings.liveness.timeout))
+        if now >= mem.next_readiness:
+            requests.append(ProbeRequest(name, "readiness", settings.readiness.timeout))
+    if all(memory.services[name].ready for name in SERVICES) and now >= memory.route.next_probe:
+        timeout = settings.readiness.timeout if memory.route.ready else min(settings.readiness.timeout, 2.0)
+        requests.append(ProbeRequest(ROUTE, "readiness", timeout))
+    return requests
+
+
+def reconcile(memory: Memory, seen: Observation, settings: AgentSettings) -> tuple[Memory, list[Start | Restart], list[Event]]:
+    """One step: fold the observation into memory and decide the actions."""
+    actions: list[Start | Restart] = []
+    events: list[Event] = []
+    if seen.supervisor_state is None:
+        if memory.supervisor_available:
+            events.append(Event("supervisord", "unavailable"))
+        return replace(memory, supervisor_available=False), actions, events
+    if not memory.supervisor_available:
+        events.append(Event("supervisord", "available"))
+    memory = replace(memory, supervisor_available=True)
+    if seen.supervisor_state != "RUNNING":
+        return memory, actions, events  # shutting down or restarting: touch nothing
+
+    services = dict(memory.services)
+    for name in SERVICES:
+        info = seen.processes.get(name)
+        if info is None:
+            continue
+        mem = _follow_process(services[name], info, events, name)
+        mem = _apply_probes(mem, name, seen, settings, events)
+        dependencies_ready = all(services[dep].ready for dep in DEPENDS_ON[name])
+        mem, action = _decide(mem, name, info, seen, settings, dependencies_ready, events)
+        services[name] = mem
+        if action is not None:
+            actions.append(action)
+
+    route = _apply_route_probe(memory.route, seen, settings, services, events)
+    memory = replace(memory, services=services, route=route)
+    if memory.overall is Overall.READY and not memory.ever_ready:
+        events.append(Event(ROUTE, "stack-ready", "the route works: /mlflow/ and /proxy/<port>/ through Jupyter"))
+        memory = replace(memory, ever_ready=True)
+    return memory, actions, events
+
+
+def _follow_process(mem: ServiceMemory, info: ProcessInfo, events: list[Event], name: str) -> ServiceMemory:
+    """Reset per-process memory when supervisord reports a different process."""
+    alive = info.state in ALIVE_STATES and info.pid > 0
+    if alive and info.pid != mem.pid:
+        if mem.pid:
+            mem = replace(mem, restarts=mem.restarts + 1)
+        events.append(Event(name, "process", f"pid {info.pid} ({info.state})"))
+        return replace(
+            mem,
+            pid=info.pid,
+            ready=False,
+            liveness_failures=0,
+            readiness_failures=0,
+            next_liveness=0.0,
+            next_readiness=0.0,
+            restart_pending=False,
+            operator_stopped=False,
+        )
+    if not alive and mem.pid and info.state not in (STOPPING,):
+        # It went away; keep the pid until a new one appears, so the new one counts as a restart.
+        if mem.ready:
+            events.append(Event(name, "exited", f"{info.state}, exit status {info.exitstatus}"))
+        return replace(mem, ready=False)
+    return mem
+
+
+def _apply_probes(mem: ServiceMemory, name: str, seen: Observation, settings: AgentSettings, events: list[Event]) -> ServiceMemory:
+    for result in seen.probes:
+        if result.target != name:
+            continue
+        mem = replace(mem, last_probe=result)
+        if result.kind == "liveness":
+            failures = 0 if result.ok else mem.liveness_failures + 1
+            mem = replace(mem, liveness_failures=failures, next_liveness=seen.now + settings.liveness.period)
+            if not result.ok:
+                mem = _with_error(mem, f"liveness probe failed ({failures}/{settings.liveness.failure_threshold}): {result.detail}", seen)
+            continue
+        if not mem.ready:  # startup probe: poll fast until the first success
+            if result.ok:
+                events.append(Event(name, "ready", f"{result.latency * 1000:.0f} ms"))
+                mem = replace(
+                    mem,
+                    ready=True,
+                    readiness_failures=0,
+                    backoff=0.0,
+                    next_readiness=seen.now + settings.readiness.period,
+                    next_liveness=seen.now + settings.liveness.period,
+                )
+            else:
+                mem = replace(mem, next_readiness=seen.now + settings.startup_period)
+            continue
+        failures = 0 if result.ok else mem.readiness_failures + 1
+        mem = replace(mem, readiness_failures=failures, next_readiness=seen.now + settings.readiness.period)
+        if failures >= settings.readiness.failure_threshold:
+            events.append(Event(name, "unready", result.detail))
+            mem = _with_error(replace(mem, ready=False, next_readiness=seen.now + settings.startup_period), f"readiness probe failed: {result.detail}", seen)
+    return mem
+
+
+def _with_error(mem: ServiceMemory, message: str, seen: Observation, tail: str = "") -> ServiceMemory:
+    return replace(mem, last_error=message, last_error_at=seen.wall, log_tail=tail or mem.log_tail)
+
+
+def _decide(
+    mem: ServiceMemory,
+    name: str,
+    info: ProcessInfo,
+    seen: Observation,
+    settings: AgentSettings,
+    dependencies_ready: bool,
+    events: list[Event],
+) -> tuple[ServiceMemory, Start | Restart | None]:
+    state = info.state
+    if state == STOPPED and mem.restart_pending:
+        return replace(mem, phase=Phase.RESTARTING), Start(name, "restart")
+    if state == STOPPED and info.start > 0:
+        if not mem.operator_stopped:
+            events.append(Event(name, "stopped-by-operator", "left stopped until started again"))
+        return replace(mem, phase=Phase.STOPPED, operator_stopped=True, ready=False), None
+    if state in (STOPPED, EXITED):
+        if not dependencies_ready:
+            return replace(mem, phase=Phase.WAITING), None
+        events.append(Event(name, "start", "dependencies ready" if DEPENDS_ON[name] else "first in order"))
+        return replace(mem, phase=Phase.STARTING), Start(name, "dependencies ready")
+    if state == FATAL:
+        return _retry_fatal(mem, name, info, seen, settings, events)
+    if state == BACKOFF:
+        tail = seen.log_tails.get(name, "")
+        return _with_error(replace(mem, phase=Phase.RESTARTING), f"exited during start-up (supervisord retrying): {info.spawnerr or 'see log tail'}", seen, tail), None
+    if state == STOPPING:
+        return replace(mem, phase=Phase.RESTARTING), None
+    if state not in ALIVE_STATES:
+        return replace(mem, phase=Phase.RESTARTING), None
+
+    # Alive: starting, ready, unready, or hung.
+    mem = replace(mem, retry_at=None)
+    if mem.ready:
+        if mem.liveness_failures >= settings.liveness.failure_threshold:
+            reason = f"hung: liveness failed {mem.liveness_failures} times in a row"
+            events.append(Event(name, "restart", reason))
+            return replace(mem, phase=Phase.RESTARTING, restart_pending=True), Restart(name, info.pid, reason)
+        return replace(mem, phase=Phase.READY), None
+    age = info.now - info.start
+    budget = _startup_budget(name, settings)
+    if age > budget and mem.phase is not Phase.UNREADY:
+        reason = f"not ready {budget:.0f} s after start"
+        events.append(Event(name, "restart", reason))
+        mem = _with_error(mem, reason, seen, seen.log_tails.get(name, ""))
+        return replace(mem, phase=Phase.FAILED, restart_pending=True), Restart(name, info.pid, reason)
+    phase = Phase.UNREADY if mem.phase in (Phase.READY, Phase.UNREADY) else Phase.STARTING
+    return replace(mem, phase=phase), None
+
+
+def _retry_fatal(
+    mem: ServiceMemory, name: str, info: ProcessInfo, seen: Observation, settings: AgentSettings, events: list[Event]
+) -> tuple[ServiceMemory, Start | None]:
+    """supervisord never retries FATAL; the agent does, with capped exponential backoff."""
+    if mem.retry_at is None:
+        backoff = min(settings.backoff_max, mem.backoff * 2 if mem.backoff else settings.backoff_initial)
+        tail = seen.log_tails.get(name, "")
+        cause = last_line(tail) or info.spawnerr or f"exit status {info.exitstatus}"
+        events.append(Event(name, "fatal", f"{cause}; retrying in {backoff:.0f} s"))
+        mem = _with_error(mem, f"FATAL (gave up after repeated start failures): {cause}", seen, tail)
+        return replace(mem, phase=Phase.FAILED, ready=False, backoff=backoff, retry_at=seen.now + backoff), None
+    if seen.now >= mem.retry_at:
+        events.append(Event(name, "retry", f"after {mem.backoff:.0f} s backoff"))
+        return replace(mem, phase=Phase.FAILED, retry_at=None), Start(name, "retry after FATAL")
+    return replace(mem, phase=Phase.FAILED), None
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""
+
+
+def _apply_route_probe(
+    route: RouteMemory, seen: Observation, settings: AgentSettings, services: dict[str, ServiceMemory], events: list[Event]
+) -> RouteMemory:
+    if not all(services[name].ready for name in SERVICES):
+        if route.ready:
+            events.append(Event(ROUTE, "down", "a service is not ready"))
+        return replace(route, ready=False, failures=0)
+    for result in seen.probes:
+        if result.target != ROUTE:
+            continue
+        if result.ok:
+            if not route.ready:
+                events.append(Event(ROUTE, "ready", f"{result.latency * 1000:.0f} ms"))
+            route = replace(route, ready=True, failures=0, last_probe=result, next_probe=seen.now + settings.readiness.period)
+            continue
+        failures = route.failures + 1
+        still_ready = route.ready and failures < settings.readiness.failure_threshold
+        if route.ready and not still_ready:
+            events.append(Event(ROUTE, "unready", result.detail))
+        period = settings.readiness.period if still_ready else settings.startup_period
+        route = replace(route, ready=still_ready, failures=failures, last_probe=result, last_error=result.detail, next_probe=seen.now + period)
+    return route

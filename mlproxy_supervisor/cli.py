@@ -1,0 +1,127 @@
+"""The `mlproxy` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import ConfigError, Settings, config_search_path, load_settings
+
+EXIT_CONFIG = 2
+
+
+def _settings(args) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_up(args) -> int:
+    from . import up
+
+    return up.run(_settings(args))
+
+
+def cmd_run(args) -> int:
+    from .launch import LaunchError, exec_service
+
+    try:
+        exec_service(args.service, _settings(args))
+    except LaunchError as error:
+        print(f"mlproxy run {args.service}: {error}", file=sys.stderr, flush=True)
+        return 3
+    return 0  # not reached: exec replaced this process
+
+
+def cmd_agent(args) -> int:
+    from .agent.loop import main
+
+    return main(_settings(args))
+
+
+def cmd_config(args) -> int:
+    settings = _settings(args)
+    if args.action == "check":
+        print(f"configuration OK ({settings.source})")
+        return 0
+    print(f"# effective configuration, from {settings.source} and MLPROXY_* variables; secrets masked")
+    print("# file search order: --config, $MLPROXY_CONFIG, " + ", ".join(str(p) for p in config_search_path()))
+    print(json.dumps(settings.redacted(), indent=2))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from . import status
+
+    return status.run(_settings(args), args.json, args.wait, args.timeout)
+
+
+def cmd_url(args) -> int:
+    from .credentials import CredentialError, read_token
+
+    settings = _settings(args)
+    try:
+        token = read_token(settings.jupyter.token_file)
+    except CredentialError as error:
+        print(f"mlproxy url: {error}", file=sys.stderr)
+        return 1
+    print(f"{settings.jupyter_local_url}/{args.route}?token={token}")
+    return 0
+
+
+def cmd_ctl(args) -> int:
+    """supervisorctl on this stack's socket; the socket stays 0700, so run it as the stack's user."""
+    settings = _settings(args)
+    argv = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(settings.supervisord_conf), *args.args]
+    if not settings.supervisord_conf.exists():
+        print(f"mlproxy ctl: {settings.supervisord_conf} does not exist: is the stack running?", file=sys.stderr)
+        return 2
+    os.execv(sys.executable, argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML config file (default: see `mlproxy config show`)")
+    parser = argparse.ArgumentParser(prog="mlproxy", description="MLflow beside Jupyter, behind Jupyter's login, supervised.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", parents=[common], help="start the stack in the foreground")
+    up.set_defaults(func=cmd_up)
+
+    status = commands.add_parser("status", parents=[common], help="show the stack's status (exit 0 ready, 1 starting/degraded, 2 down)")
+    status.add_argument("--json", action="store_true", help="print the status document")
+    status.add_argument("--wait", action="store_true", help="block until ready (or --timeout)")
+    status.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")
+    status.set_defaults(func=cmd_status)
+
+    config = commands.add_parser("config", parents=[common], help="validate or show the configuration")
+    config.add_argument("action", choices=("check", "show"))
+    config.set_defaults(func=cmd_config)
+
+    url = commands.add_parser("url", parents=[common], help="print the URL to open, token included")
+    url.add_argument("route", nargs="?", default="mlflow/", help="path under Jupyter (default mlflow/)")
+    url.set_defaults(func=cmd_url)
+
+    ctl = commands.add_parser("ctl", parents=[common], help="supervisorctl for this stack, e.g. `mlproxy ctl status`")
+    ctl.add_argument("args", nargs=argparse.REMAINDER)
+    ctl.set_defaults(func=cmd_ctl)
+
+    run = commands.add_parser("run", parents=[common], help="(used by supervisord) exec one server")
+    run.add_argument("service", choices=("mlflow", "jupyter"))
+    run.set_defaults(func=cmd_run)
+
+    agent = commands.add_parser("agent", parents=[common], help="(used by supervisord) the health agent")
+    agent.set_defaults(func=cmd_agent)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"mlproxy: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,364 @@
+"""The one configuration model: a TOML file plus MLPROXY_* environment variables.
+
+Read once (``load_settings``), validated once, passed down. Every path a component needs is a
+resolved attribute or property here, so no other module guesses a location.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MLPROXY_"
+CONFIG_PATH_ENV = "MLPROXY_CONFIG"
+CONFIG_FILE_NAME = "mlproxy.toml"
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who has to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MLflowSettings(_Section):
+    host: str = Field("127.0.0.1", description="Loopback address MLflow binds to (loopback only).")
+    port: Port = Field(5001, description="MLflow's port on loopback.")
+    backend_store_uri: str | None = Field(
+        None,
+        description="SQLAlchemy URI of the tracking store; default sqlite:////<state_dir>/mlflow.db.",
+    )
+    artifacts_destination: str | None = Field(
+        None, description="Where the server stores artifacts; default <state_dir>/artifacts."
+    )
+    # 1 worker and no job runner: ~5 s cold start and ~0.3 GB instead of 20-46 s and GBs
+    # (measured, see docs/benchmarks.md), and no keep-alive latency penalty.
+    workers: int = Field(1, ge=1, le=32, description="uvicorn worker processes.")
+    job_execution: bool = Field(False, description="Run MLflow's job runner (huey consumers).")
+    schema_upgrade: Literal["refuse", "backup-and-upgrade"] = Field(
+        "refuse",
+        description="What to do with an out-of-date SQLite schema: refuse with the upgrade "
+        "command, or back the database up and run `mlflow db upgrade`.",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        try:
+            loopback = ipaddress.ip_address(value).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"MLflow must listen on loopback only (127.0.0.1 or ::1), not {value!r}; "
+                "users reach it through Jupyter at /mlflow/"
+            )
+        return value
+
+    @field_validator("backend_store_uri")
+    @classmethod
+    def _usable_store(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = urlsplit(value).scheme
+        if not scheme or scheme == "file" or len(scheme) == 1:  # len 1: a Windows drive letter
+            raise ValueError(
+                "MLflow 3.13+ refuses a plain directory as backend store; use a database URI "
+                "such as sqlite:////var/lib/mlproxy/mlflow.db or postgresql://user@host/db"
+            )
+        if scheme == "sqlite" and not value.startswith("sqlite:////"):
+            raise ValueError(
+                "a SQLite URI must hold an absolute path (four slashes), "
+                "e.g. sqlite:////var/lib/mlproxy/mlflow.db"
+            )
+        return value
+
+    @field_validator("artifacts_destination")
+    @classmethod
+    def _absolute_destination(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value and not value.startswith("/"):
+            raise ValueError(
+                "give an absolute directory or a URI such as s3://bucket/path, "
+                f"not the relative path {value!r}"
+            )
+        return value
+
+
+class JupyterSettings(_Section):
+    ip: str = Field("127.0.0.1", description="Address Jupyter binds to (0.0.0.0 in a container).")
+    port: Port = Field(8888, description="Jupyter's port; MLflow is served under it.")
+    base_url: str = Field("/", description="Jupyter's base URL.")
+    root_dir: Path | None = Field(None, description="Notebook directory; default <state_dir>/notebooks.")
+    token_file: Path | None = Field(
+        None, description="0600 file holding the token; generated on first start if missing."
+    )
+    # With token auth always on, a foreign Host header cannot log in, so accepting any Host
+    # (an SSH tunnel, a reverse proxy, the VM's DNS name) costs no protection.
+    allow_remote_access: bool = Field(True, description="Accept any Host header (auth still applies).")
+
+    @field_validator("ip")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"not an IP address: {value!r}") from None
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _slashes(cls, value: str) -> str:
+        return "/" + value.strip("/") + "/" if value.strip("/") else "/"
+
+
+class ProbeSettings(_Section):
+    period: Seconds = Field(description="Seconds between probes.")
+    timeout: Seconds = Field(description="Seconds before one probe counts as failed.")
+    failure_threshold: int = Field(ge=1, le=100, description="Consecutive failures before acting.")
+
+
+class AgentSettings(_Section):
+    startup_period: Seconds = Field(0.2, description="Startup probe period (fast poll).")
+    mlflow_startup_budget: Seconds = Field(
+        120, description="Seconds MLflow may take to become ready before it counts as failed."
+    )
+    jupyter_startup_budget: Seconds = Field(
+        60, description="Seconds Jupyter may take to become ready before it counts as failed."
+    )
+    liveness: ProbeSettings = ProbeSettings(period=2, timeout=2, failure_threshold=3)
+    readiness: ProbeSettings = ProbeSettings(period=2, timeout=5, failure_threshold=2)
+    backoff_initial: Seconds = Field(2, description="First retry delay for a FATAL service.")
+    backoff_max: Seconds = Field(60, description="Cap of the FATAL retry delay.")
+    metrics_port: int = Field(9181, ge=0, le=65535, description="Prometheus metrics on loopback; 0 = off.")
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= exports STATE_DIRECTORY; otherwise follow XDG for a user install.
+    if systemd_dir := os.environ.get("STATE_DIRECTORY"):
+        return Path(systemd_dir.split(":")[0])
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "mlproxy"
+
+
+def _systemd_dir(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value.split(":")[0]) if value else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    state_dir: Path = Field(default_factory=_default_state_dir, description="Runs, artifacts, token.")
+    log_dir: Path | None = Field(None, description="Program logs; default <state_dir>/logs.")
+    runtime_dir: Path | None = Field(
+        None, description="Socket, pid file, status document; default <state_dir>/run."
+    )
+    log_target: Literal["files", "stdout"] = Field(
+        "files", description="Rotated files under log_dir, or stdout (container mode)."
+    )
+    mlflow: MLflowSettings = MLflowSettings()
+    jupyter: JupyterSettings = JupyterSettings()
+    agent: AgentSettings = AgentSettings()
+
+    # The file the values came from (None: defaults and environment only); not a setting.
+    _config_file: Path | None = PrivateAttr(None)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_unused):
+        # Environment over file: init_settings carries the TOML file's values.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        """Resolve every default that depends on another value, so consumers see paths."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        state = Path(data.get("state_dir") or _default_state_dir()).expanduser().absolute()
+        data["state_dir"] = state
+        data["log_dir"] = _absolute(data.get("log_dir")) or _systemd_dir("LOGS_DIRECTORY") or state / "logs"
+        data["runtime_dir"] = (
+            _absolute(data.get("runtime_dir")) or _systemd_dir("RUNTIME_DIRECTORY") or state / "run"
+        )
+        mlflow = dict(data.get("mlflow") or {})
+        mlflow.setdefault("backend_store_uri", f"sqlite:///{state / 'mlflow.db'}")
+        mlflow.setdefault("artifacts_destination", str(state / "artifacts"))
+        data["mlflow"] = mlflow
+        jupyter = dict(data.get("jupyter") or {})
+        jupyter["root_dir"] = _absolute(jupyter.get("root_dir")) or state / "notebooks"
+        jupyter["token_file"] = _absolute(jupyter.get("token_file")) or state / "jupyter_token"
+        data["jupyter"] = jupyter
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        ports = {"mlflow.port": self.mlflow.port, "jupyter.port": self.jupyter.port}
+        if self.agent.metrics_port:
+            ports["agent.metrics_port"] = self.agent.metrics_port
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"ports must differ: {ports}")
+        if len(str(self.socket_path)) > 100:  # AF_UNIX paths are limited to 107 bytes
+            raise ValueError(f"runtime_dir is too long for a unix socket path: {self.runtime_dir}")
+        return self
+
+    # Derived locations: one place names every file the stack uses.
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / "supervisord.sock"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.runtime_dir / "supervisord.conf"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.runtime_dir / "supervisord.pid"
+
+    @property
+    def status_file(self) -> Path:
+        return self.runtime_dir / "status.json"
+
+    @property
+    def jupyter_token_copy(self) -> Path:
+        return self.runtime_dir / "jupyter_token"
+
+    @property
+    def mlflow_url(self) -> str:
+        host = f"[{self.mlflow.host}]" if ":" in self.mlflow.host else self.mlflow.host
+        return f"http://{host}:{self.mlflow.port}"
+
+    @property
+    def jupyter_local_url(self) -> str:
+        """Where this machine reaches Jupyter (loopback even when Jupyter binds 0.0.0.0)."""
+        address = ipaddress.ip_address(self.jupyter.ip)
+        if address.is_unspecified:
+            host = "127.0.0.1" if address.version == 4 else "[::1]"
+        else:
+            host = f"[{address}]" if address.version == 6 else str(address)
+        return f"http://{host}:{self.jupyter.port}{self.jupyter.base_url.rstrip('/')}"
+
+    @property
+    def config_file(self) -> Path | None:
+        return self._config_file
+
+    @property
+    def source(self) -> str:
+        return str(self._config_file) if self._config_file else "built-in defaults"
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration with secrets masked, for `mlproxy config show`."""
+        data = self.model_dump(mode="json")
+        data["mlflow"]["backend_store_uri"] = redact_uri(self.mlflow.backend_store_uri)
+        data["mlflow"]["artifacts_destination"] = redact_uri(self.mlflow.artifacts_destination)
+        return data
+
+
+def _absolute(value: Any) -> Path | None:
+    return Path(value).expanduser().absolute() if value else None
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """Mask the password of a URI: postgresql://user:***@host/db."""
+    if not uri or "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def config_search_path(cwd: Path | None = None) -> list[Path]:
+    """Where a config file is looked for when --config is not given, first match wins."""
+    cwd = cwd or Path.cwd()
+    paths = []
+    if env_path := os.environ.get(CONFIG_PATH_ENV):
+        return [Path(env_path)]
+    paths.append(cwd / CONFIG_FILE_NAME)
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    paths.append(config_home / "mlproxy" / CONFIG_FILE_NAME)
+    if systemd_conf := _systemd_dir("CONFIGURATION_DIRECTORY"):
+        paths.append(systemd_conf / CONFIG_FILE_NAME)
+    paths.append(Path("/etc/mlproxy") / CONFIG_FILE_NAME)
+    return paths
+
+
+def find_config_file(explicit: Path | None = None) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist (given with --config)")
+        return explicit
+    candidates = config_search_path()
+    if os.environ.get(CONFIG_PATH_ENV) and not candidates[0].is_file():
+        raise ConfigError(f"config file {candidates[0]} does not exist (named by ${CONFIG_PATH_ENV})")
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _known_env_names(model: type[BaseModel], prefix: str) -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        names.add(f"{prefix}{name}".upper())
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= _known_env_names(annotation, f"{prefix}{name}__")
+    return names
+
+
+def _check_environment() -> None:
+    known = _known_env_names(Settings, ENV_PREFIX) | {CONFIG_PATH_ENV}
+    unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+    if unknown:
+        raise ConfigError(
+            f"unknown environment variable(s) {', '.join(unknown)}; "
+            "run `mlproxy config show` to see the valid keys (MLPROXY_<SECTION>__<KEY>)"
+        )
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Read, merge and validate the configuration, or raise ConfigError saying how to fix it."""
+    path = find_config_file(config_file)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    _check_environment()
+    try:
+        settings = Settings(**data)
+    except ValidationError as error:
+        source = f" in {path}" if path else ""
+        lines = [f"invalid configuration{source} (environment MLPROXY_* overrides the file):"]
+        for problem in error.errors():
+            key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+            message = problem["msg"].removeprefix("Value error, ")
+            if problem["type"] == "extra_forbidden":
+                message = "unknown key; see `mlproxy config show` for the valid keys"
+            lines.append(f"  {key}: {message}")
+        raise ConfigError("\n".join(lines)) from None
+    settings._config_file = path.absolute() if path is not None else None
+    return settings

@@ -1,0 +1,65 @@
+"""Jupyter-side part of mlproxy: the MLflow launcher entry and the proxy routes.
+
+Two hooks, both loaded by any Jupyter server in this environment:
+- ``mlflow_server_process`` is a ``jupyter_serverproxy_servers`` entry point: it gives the
+  "MLflow" launcher tile (JupyterLab) and New-menu item (Notebook 7);
+- the server extension registers ``MLflowProxyHandler`` for /mlflow/ and /proxy/<port>/ ahead of
+  jupyter-server-proxy's generic handlers, so every route to MLflow gets the origin check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jupyter_server.utils import url_path_join
+from jupyter_server_proxy.handlers import AddSlashHandler
+from tornado.routing import HostMatches, Rule
+
+from ..config import ConfigError, load_settings
+from .proxy import MLflowProxyHandler
+
+ICON = Path(__file__).with_name("mlflow.svg")
+ROUTE_NAME = "mlflow"
+
+
+def _mlflow_port() -> int:
+    return load_settings().mlflow.port
+
+
+def mlflow_server_process() -> dict:
+    """jupyter-server-proxy server entry: proxy only (no command), prefix stripped."""
+    return {
+        "port": _mlflow_port(),
+        "absolute_url": False,  # MLflow serves from /; True would send /mlflow/... and get 404
+        "new_browser_tab": True,
+        "launcher_entry": {"title": "MLflow", "icon_path": str(ICON), "category": "Other"},
+    }
+
+
+def mlflow_routes(base_url: str, port: int) -> list[tuple]:
+    loopback_port = rf"(?:(?:localhost|127\.0\.0\.1):)?{port}"
+    return [
+        (url_path_join(base_url, ROUTE_NAME, "(.*)"), MLflowProxyHandler, {"port": port, "proxy_base": ROUTE_NAME}),
+        (url_path_join(base_url, ROUTE_NAME), AddSlashHandler),
+        (url_path_join(base_url, rf"proxy/{loopback_port}(/.*|)"), MLflowProxyHandler, {"port": port}),
+    ]
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "mlproxy_supervisor.jupyter"}]
+
+
+def _load_jupyter_server_extension(serverapp) -> None:
+    try:
+        port = _mlflow_port()
+    except ConfigError as error:
+        serverapp.log.error("mlproxy: MLflow routes not registered: %s", error)
+        return
+    web_app = serverapp.web_app
+    routes = mlflow_routes(web_app.settings["base_url"], port)
+    # Tornado tries host rules in order and jupyter-server-proxy adds its generic
+    # /proxy/<port>/ handler (and the entry point's /mlflow/) as its own rule. Putting this
+    # rule first makes the origin-checking handler win, whatever the extension load order.
+    rule = web_app.default_router.process_rule(Rule(HostMatches(".*"), routes))
+    web_app.default_router.rules.insert(0, rule)
+    serverapp.log.info("mlproxy: MLflow on 127.0.0.1:%s served at /%s/ and /proxy/%s/", port, ROUTE_NAME, port)

@@ -1,0 +1,92 @@
+"""The handler that serves MLflow under Jupyter: jupyter-server-proxy's, plus an origin check.
+
+jupyter-server-proxy skips Jupyter's XSRF check for proxied requests ("defer to the proxied app"),
+and MLflow trusts every localhost Origin on any port. A page on another port of the same host is
+the same *site*, so the browser attaches the Jupyter login cookie to its requests. This handler
+therefore refuses any request whose Origin is not Jupyter's own, and only then presents the
+request to MLflow as a loopback one (Host and Origin), which MLflow's Host and CORS checks accept.
+Reaching Jupyter as myvm.example.com:8888 thus works, and a cross-origin write is still refused.
+"""
+
+from __future__ import annotations
+
+import re
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server_proxy.handlers import NamedLocalProxyHandler
+from tornado import web
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_JUPYTER_AUTH_SCHEME = re.compile(r"^\s*(token|bearer)\s+", re.IGNORECASE)
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether an Origin header names the host:port the request was sent to."""
+    return bool(origin) and origin != "null" and urlsplit(origin.lower()).netloc == host.lower()
+
+
+class MLflowProxyHandler(NamedLocalProxyHandler):
+    """Proxy to MLflow on loopback, for the /mlflow/ and /proxy/<port>/ routes."""
+
+    def initialize(self, port: int, proxy_base: str = "") -> None:
+        self.port = port
+        self.proxy_base = proxy_base  # "" -> redirects are rewritten under /proxy/<port>/
+
+    async def prepare(self, *args, **kwargs) -> None:
+        await super().prepare(*args, **kwargs)  # authenticates; redirects or 403s if not
+        if not self._finished:
+            self._refuse_foreign_origin()
+
+    def _refuse_foreign_origin(self) -> None:
+        host = self.request.headers.get("Host", "")
+        origin = self.request.headers.get("Origin")
+        if origin is not None:
+            if same_origin(origin, host) or self._origin_allowed_by_jupyter(origin):
+                return
+            self.log.warning("Refused cross-origin %s %s from %s", self.request.method, self.request.path, origin)
+            raise web.HTTPError(403, f"cross-origin request from {origin} refused")
+        if self.request.method in UNSAFE_METHODS and not self.token_authenticated:
+            # Browsers send Origin with every write; a cookie-authenticated write without one is
+            # only accepted with a same-origin Referer (Jupyter's own rule for such requests).
+            if not JupyterHandler.check_referer(self):
+                raise web.HTTPError(403, "write without Origin or same-origin Referer refused")
+
+    def _origin_allowed_by_jupyter(self, origin: str) -> bool:
+        """Honour an operator's explicit ServerApp.allow_origin / allow_origin_pat (never '*')."""
+        if self.allow_origin and self.allow_origin != "*":
+            return origin == self.allow_origin
+        if self.allow_origin_pat:
+            return bool(re.match(self.allow_origin_pat, origin))
+        return False
+
+    def proxy_request_headers(self):
+        headers = super().proxy_request_headers()
+        loopback = f"127.0.0.1:{self.port}"
+        # Jupyter authenticated this request and checked its origin above; MLflow's own checks
+        # guard its loopback port against DNS rebinding, so it must see a loopback request.
+        headers["Host"] = loopback
+        if "Origin" in headers:
+            headers["Origin"] = f"http://{loopback}"
+        # Jupyter's credentials are not MLflow's: keep them out of its requests and logs.
+        if _JUPYTER_AUTH_SCHEME.match(headers.get("Authorization", "")):
+            del headers["Authorization"]
+        if "Cookie" in headers:
+            cookies = SimpleCookie()
+            cookies.load(headers["Cookie"])
+            jupyter_cookies = {self.identity_provider.get_cookie_name(self), "_xsrf"}
+            kept = [f"{name}={morsel.coded_value}" for name, morsel in cookies.items() if name not in jupyter_cookies]
+            if kept:
+                headers["Cookie"] = "; ".join(kept)
+            else:
+                del headers["Cookie"]
+        return headers
+
+    def get_client_uri(self, protocol, host, port, proxied_path):
+        uri = super().get_client_uri(protocol, host, port, proxied_path)
+        parts = urlsplit(uri)
+        if "token=" not in parts.query:
+            return uri
+        query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key != "token"]
+        return urlunsplit(parts._replace(query=urlencode(query)))

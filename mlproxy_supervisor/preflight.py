@@ -1,0 +1,213 @@
+"""Checks made before anything starts, each with what is wrong and how to fix it.
+
+`mlproxy up` refuses to start on any problem found here, so a bad input never leaves a
+half-started stack behind; `mlproxy doctor` runs the same checks on a running or stopped stack.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+import pwd
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import schema
+from .config import Settings
+from .rpc import Supervisor, SupervisorUnavailable
+
+REQUIRED_MODULES = {
+    "mlflow": "mlflow",
+    "uvicorn": "uvicorn",
+    "notebook": "notebook",
+    "jupyter_server": "jupyter-server",
+    "jupyter_server_proxy": "jupyter-server-proxy",
+    "supervisor": "supervisor",
+}
+# SQLAlchemy dialect -> the driver module and package mlflow needs for it.
+DATABASE_DRIVERS = {
+    "postgresql": ("psycopg2", "psycopg2-binary"),
+    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+    "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mysql+pymysql": ("pymysql", "pymysql"),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.what}\n    fix: {self.fix}"
+
+
+def _user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def check_dependencies(settings: Settings) -> list[Problem]:
+    problems = []
+    for module, package in REQUIRED_MODULES.items():
+        if importlib.util.find_spec(module) is None:
+            problems.append(
+                Problem(f"{package} is not installed in {sys.prefix}",
+                        f"pip install -c constraints.txt {package}  (or reinstall mlproxy)")
+            )
+    scheme = urlsplit(settings.mlflow.backend_store_uri).scheme
+    if scheme in DATABASE_DRIVERS:
+        module, package = DATABASE_DRIVERS[scheme]
+        if importlib.util.find_spec(module) is None:
+            problems.append(
+                Problem(f"mlflow.backend_store_uri uses {scheme}, but its driver {module} is not installed",
+                        f"pip install {package}")
+            )
+    return problems
+
+
+def _writable_directory(path: Path, key: str, mode: int = 0o755) -> Problem | None:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".mlproxy-write-test-"):
+            pass
+    except OSError as error:
+        return Problem(
+            f"{key} {path} is not writable by user {_user()}: {error.strerror}",
+            f"chown {_user()} {path} (or set {key} in the mlproxy config to a directory you own)",
+        )
+    return None
+
+
+def check_directories(settings: Settings) -> list[Problem]:
+    directories = [
+        (settings.state_dir, "state_dir"),
+        (settings.runtime_dir, "runtime_dir"),
+        (settings.jupyter.root_dir, "jupyter.root_dir"),
+    ]
+    if settings.log_target == "files":
+        directories.append((settings.log_dir, "log_dir"))
+    destination = settings.mlflow.artifacts_destination
+    if destination.startswith("/"):
+        directories.append((Path(destination), "mlflow.artifacts_destination"))
+    database = schema.sqlite_database(settings.mlflow.backend_store_uri)
+    if database is not None:
+        directories.append((database.parent, "the directory of mlflow.backend_store_uri"))
+    problems = [p for path, key in directories if (p := _writable_directory(path, key))]
+    if not problems:
+        settings.runtime_dir.chmod(0o700)  # the supervisord socket and the status live here
+    if database is not None and database.exists() and not os.access(database, os.R_OK | os.W_OK):
+        problems.append(
+            Problem(f"the MLflow database {database} is not readable and writable by user {_user()}",
+                    f"chown {_user()} {database}")
+        )
+    return problems
+
+
+def _listening_pids(port: int) -> list[int]:
+    """Pids of processes listening on a TCP port (only those this user may inspect)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            links = {os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")}
+        except OSError:
+            continue
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            pids.append(int(entry))
+    return pids
+
+
+def describe_port_owner(port: int) -> str:
+    owners = []
+    for pid in _listening_pids(port):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        owners.append(f"pid {pid} ({command[:80]})")
+    return ", ".join(owners) or "another process"
+
+
+def port_problem(host: str, port: int, key: str) -> Problem | None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return Problem(
+                    f"port {port} ({key}) on {host} is already in use by {describe_port_owner(port)}",
+                    f"stop that process, or set {key} to a free port",
+                )
+            return Problem(f"cannot bind {host}:{port} ({key}): {error.strerror}", f"set {key} to a usable port")
+    return None
+
+
+def check_ports(settings: Settings) -> list[Problem]:
+    ports = [
+        (settings.jupyter.ip, settings.jupyter.port, "jupyter.port"),
+        (settings.mlflow.host, settings.mlflow.port, "mlflow.port"),
+    ]
+    if settings.agent.metrics_port:
+        ports.append(("127.0.0.1", settings.agent.metrics_port, "agent.metrics_port"))
+    return [p for host, port, key in ports if (p := port_problem(host, port, key))]
+
+
+def check_not_running(settings: Settings) -> list[Problem]:
+    """A live supervisord on our socket means the stack is up; a dead socket file is removed."""
+    if not settings.socket_path.exists():
+        return []
+    try:
+        Supervisor(settings.socket_path, timeout=2).state()
+    except SupervisorUnavailable:
+        settings.socket_path.unlink(missing_ok=True)  # left by a crash: nothing listens on it
+        return []
+    return [
+        Problem(f"mlproxy is already running (supervisord socket {settings.socket_path})",
+                "use `mlproxy status`, or stop it first (`mlproxy ctl shutdown` or `systemctl stop mlproxy`)")
+    ]
+
+
+def check_schema(settings: Settings) -> list[Problem]:
+    database = schema.sqlite_database(settings.mlflow.backend_store_uri)
+    if database is None:
+        return []
+    try:
+        state = schema.inspect_sqlite(database)
+    except schema.SchemaError as error:
+        return [Problem(str(error), "restore the database from a backup, or point mlflow.backend_store_uri elsewhere")]
+    if state is None or state.up_to_date:
+        return []
+    if state.newer_than_mlflow or settings.mlflow.schema_upgrade == "refuse":
+        return [Problem(schema.refusal(state, settings.mlflow.backend_store_uri), "see above; your data was not touched")]
+    return []  # backup-and-upgrade: `mlproxy run mlflow` does it before MLflow starts
+
+
+def check_all(settings: Settings) -> list[Problem]:
+    """Every problem found, in the order a person would fix them."""
+    problems = check_dependencies(settings)
+    problems += check_directories(settings)
+    if problems:
+        return problems
+    problems = check_not_running(settings)
+    if problems:
+        return problems
+    return check_ports(settings) + check_schema(settings)

@@ -1,0 +1,115 @@
+"""MLflow's database schema: is it current, and, when the config allows, back up and upgrade.
+
+An out-of-date schema makes `mlflow server` exit 1. We look first, so that `mlproxy up` can refuse
+with the exact command to run before anything starts. The expected revision is read from MLflow's
+migration scripts with `ast` (importing them through alembic costs about 2 s of start-up).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SchemaError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    database: Path
+    current: str | None  # None: a new, empty database
+    expected: str
+    known: frozenset[str]
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current is None or self.current == self.expected
+
+    @property
+    def newer_than_mlflow(self) -> bool:
+        return self.current is not None and self.current not in self.known
+
+
+def sqlite_database(uri: str) -> Path | None:
+    """The file behind an absolute sqlite:////path URI, else None."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return Path(uri[len(prefix) :].split("?", 1)[0])
+
+
+def _migration_revisions() -> tuple[str | None, frozenset[str]]:
+    """(head revision, all revisions) of the installed MLflow's alembic migrations."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        raise SchemaError("mlflow is not installed in this environment")
+    versions = Path(spec.submodule_search_locations[0]) / "store" / "db_migrations" / "versions"
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in versions.glob("*.py"):
+        values = {}
+        for node in ast.parse(script.read_text()).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                if node.targets[0].id in ("revision", "down_revision"):
+                    values[node.targets[0].id] = ast.literal_eval(node.value)
+        if "revision" in values:
+            revisions.add(values["revision"])
+            down = values.get("down_revision")
+            parents.update(down if isinstance(down, (tuple, list)) else [down] if down else [])
+    heads = revisions - parents
+    return (heads.pop() if len(heads) == 1 else None), frozenset(revisions)
+
+
+def inspect_sqlite(database: Path) -> SchemaState | None:
+    """The schema state of a SQLite store, or None when it cannot be judged here."""
+    expected, known = _migration_revisions()
+    if expected is None:
+        return None
+    if not database.exists() or database.stat().st_size == 0:
+        return SchemaState(database, None, expected, known)
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+            rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return SchemaState(database, None, expected, known)
+        raise SchemaError(f"cannot read the MLflow database {database}: {error}") from None
+    except sqlite3.DatabaseError as error:
+        raise SchemaError(f"{database} is not a usable SQLite database: {error}") from None
+    return SchemaState(database, rows[0][0] if rows else None, expected, known)
+
+
+def refusal(state: SchemaState, uri: str) -> str:
+    if state.newer_than_mlflow:
+        return (
+            f"the MLflow database {state.database} has schema revision {state.current}, which this "
+            f"MLflow does not know: it was written by a newer MLflow. Install that MLflow version, "
+            "or point mlflow.backend_store_uri at another database. Nothing was changed."
+        )
+    return (
+        f"the MLflow database {state.database} has an out-of-date schema (revision {state.current}, "
+        f"this MLflow expects {state.expected}). Nothing was changed. Either back it up and upgrade:\n"
+        f"    cp {state.database} {state.database}.bak && {sys.executable} -m mlflow db upgrade {uri}\n"
+        'or let mlproxy do both: set schema_upgrade = "backup-and-upgrade" in [mlflow].'
+    )
+
+
+def backup_and_upgrade(state: SchemaState, uri: str, env: dict[str, str]) -> Path:
+    """Copy the database aside (SQLite online backup), then run `mlflow db upgrade`."""
+    backup = state.database.with_name(f"{state.database.name}.{state.current}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+    with sqlite3.connect(f"file:{state.database}?mode=ro", uri=True) as source, sqlite3.connect(backup) as target:
+        source.backup(target)
+    result = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SchemaError(
+            f"`mlflow db upgrade` failed (exit {result.returncode}); the backup is {backup}:\n"
+            + result.stderr[-2000:]
+        )
+    return backup

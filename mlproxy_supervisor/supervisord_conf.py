@@ -1,0 +1,90 @@
+"""Render supervisord's configuration from the one config model.
+
+The program files in ``supervisord.conf.d/`` (shipped in the wheel) hold each program's restart
+and stop policy; only install-specific values (${python}, ${state_dir}, ${logging}) are filled in
+here. The result goes to the 0700 runtime directory, where operators can read what runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from .config import Settings
+
+PROGRAMS = ("agent", "mlflow", "jupyter")
+LOG_MAXBYTES = "10MB"
+LOG_BACKUPS = 5
+
+
+def _escape(value: object) -> str:
+    return str(value).replace("%", "%%")  # supervisord expands %(name)s in every value
+
+
+def _logging(settings: Settings) -> str:
+    if settings.log_target == "stdout":
+        return "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0\nredirect_stderr=true"
+    return (
+        f"stdout_logfile={_escape(settings.log_dir)}/%(program_name)s.log\n"
+        f"stdout_logfile_maxbytes={LOG_MAXBYTES}\n"
+        f"stdout_logfile_backups={LOG_BACKUPS}\n"
+        "redirect_stderr=true"
+    )
+
+
+def program_template(name: str) -> str:
+    return resources.files(__package__).joinpath("supervisord.conf.d", f"{name}.conf").read_text()
+
+
+def render_program(name: str, settings: Settings) -> str:
+    return Template(program_template(name)).substitute(
+        python=_escape(sys.executable), state_dir=_escape(settings.state_dir), logging=_logging(settings)
+    )
+
+
+def render_main(settings: Settings, programs_dir: Path) -> str:
+    if settings.log_target == "stdout":
+        logfile, maxbytes, backups = "/dev/stdout", "0", "0"
+        silent = "false"
+    else:
+        silent = "true"  # its log is in log_dir; the terminal gets mlproxy's own lines
+        logfile, maxbytes, backups = _escape(settings.log_dir / "supervisord.log"), LOG_MAXBYTES, LOG_BACKUPS
+    socket = _escape(settings.socket_path)
+    return f"""\
+; Written by `mlproxy up` from the mlproxy configuration: change that, not this file.
+[unix_http_server]
+file={socket}
+chmod=0700
+
+[supervisord]
+nodaemon=true
+silent={silent}
+logfile={logfile}
+logfile_maxbytes={maxbytes}
+logfile_backups={backups}
+pidfile={_escape(settings.pid_file)}
+childlogdir={_escape(settings.log_dir)}
+directory={_escape(settings.state_dir)}
+identifier=mlproxy
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{socket}
+
+[include]
+files = {_escape(programs_dir)}/*.conf
+"""
+
+
+def write_config(settings: Settings) -> Path:
+    """Write the main file and the programs into the runtime directory; return the main file."""
+    programs_dir = settings.runtime_dir / "programs"
+    programs_dir.mkdir(mode=0o700, exist_ok=True)
+    for name in PROGRAMS:
+        (programs_dir / f"{name}.conf").write_text(render_program(name, settings))
+    settings.supervisord_conf.write_text(render_main(settings, programs_dir))
+    return settings.supervisord_conf

@@ -1,0 +1,161 @@
+"""`mlproxy up`: check, prepare, run supervisord in the foreground, say when the route works.
+
+supervisord runs as our child in its own session, so Ctrl-C reaches only us: we turn SIGINT,
+SIGTERM and SIGHUP into one orderly supervisord shutdown (Jupyter stops before MLflow, by
+priority). As a child subreaper we also inherit anything a crashed supervisord leaves behind,
+and kill it, so no process outlives `up` and both ports end free.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import credentials, preflight, supervisord_conf
+from .agent import report
+from .config import CONFIG_PATH_ENV, Settings
+
+PR_SET_CHILD_SUBREAPER = 36
+# Variables systemd and containers set that are about our process tree, passed on as they are;
+# JUPYTER_TOKEN is consumed here and never passed on.
+CONSUMED_ENV = ("JUPYTER_TOKEN",)
+
+
+def say(message: str) -> None:
+    print(f"mlproxy: {message}", flush=True)
+
+
+def _become_subreaper() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans go to init instead
+
+
+def _children() -> list[int]:
+    me = str(os.getpid())
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2 :].split()[1] == me:
+                pids.append(int(entry))
+    return pids
+
+
+def _kill_orphans(grace: float = 5.0) -> None:
+    """Anything still our child after supervisord exited was orphaned by it: end it."""
+    orphans = _children()
+    if not orphans:
+        return
+    say(f"stopping {len(orphans)} process(es) left behind by supervisord")
+    for pid in orphans:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _children():
+        _reap()
+        time.sleep(0.1)
+    for pid in _children():
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    time.sleep(0.1)
+    _reap()
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def print_url(settings: Settings, token: str | None, seconds: float) -> None:
+    base = settings.jupyter_local_url
+    if token is None:
+        say(f"ready in {seconds:.1f} s: MLflow at {base}/mlflow/ (token: `mlproxy url`)")
+    else:
+        say(f"ready in {seconds:.1f} s; open MLflow inside Jupyter at:\n\n    {base}/mlflow/?token={token}\n")
+
+
+def _should_print_token(token_generated: bool) -> bool:
+    """The token goes to a terminal, or once to a container's log when it was just generated;
+    never to systemd's journal (read `mlproxy url` there)."""
+    if "INVOCATION_ID" in os.environ:  # started by systemd
+        return False
+    return sys.stdout.isatty() or token_generated
+
+
+def run(settings: Settings) -> int:
+    problems = preflight.check_all(settings)
+    if problems:
+        for problem in problems:
+            print(f"mlproxy: cannot start: {problem}", file=sys.stderr)
+        return 1
+    provided = os.environ.get("JUPYTER_TOKEN")
+    token_generated = provided is None and not settings.jupyter.token_file.exists()
+    try:
+        token = credentials.ensure_token(settings.jupyter.token_file, provided)
+    except credentials.CredentialError as error:
+        print(f"mlproxy: cannot start: {error}", file=sys.stderr)
+        return 1
+    settings.status_file.unlink(missing_ok=True)  # a previous run's status is not this one's
+    conf = supervisord_conf.write_config(settings)
+    env = {k: v for k, v in os.environ.items() if k not in CONSUMED_ENV}
+    if settings.config_file is not None:
+        env[CONFIG_PATH_ENV] = str(settings.config_file)  # every child reads the same file
+    if os.geteuid() == 0:
+        say("running as root; on a server prefer `mlproxy install`, which runs the stack as user mlproxy")
+
+    _become_subreaper()
+    started = time.monotonic()
+    supervisord = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
+        env=env,
+        start_new_session=True,  # Ctrl-C reaches us only; we ask supervisord to stop in order
+    )
+    stopping = False
+
+    def request_stop(signum, frame):
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            say("stopping (Jupyter, then MLflow)...")
+            supervisord.send_signal(signal.SIGTERM)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, request_stop)
+
+    announced = False
+    last_overall = None
+    while supervisord.poll() is None:
+        time.sleep(0.1)
+        status = report.read_status(settings.status_file)
+        if not status or stopping:
+            continue
+        overall = status.get("overall")
+        if overall == "ready" and not announced:
+            print_url(settings, token if _should_print_token(token_generated) else None, time.monotonic() - started)
+            announced = True
+        elif overall == "down" and last_overall != "down":
+            say(f"{status.get('summary')} (see `mlproxy status`; the agent keeps retrying)")
+        last_overall = overall
+    code = supervisord.returncode
+    _kill_orphans()
+    say("stopped" if code == 0 else f"supervisord exited with status {code}")
+    return code
