@@ -1,0 +1,37 @@
+"""Shared fixtures: one running stack for the tests that only read, and the CI skip rule."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.stack import Stack, port_is_free
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory):
+    """The stack on the default ports (8888, 5001), started once; tests using it must not break it."""
+    busy = [port for port in (8888, 5001, 9181) if not port_is_free(port)]
+    if busy:
+        pytest.fail(f"ports {busy} are in use; stop whatever holds them (another mlproxy?) before the tests")
+    stack = Stack(tmp_path_factory.mktemp("shared") / "state").start()
+    yield stack
+    stack.stop()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    counts = {key: len(terminalreporter.stats.get(key, [])) for key in ("passed", "failed", "error", "skipped")}
+    terminalreporter.write_line(
+        f"mlproxy tests: {counts['passed']} passed, {counts['failed'] + counts['error']} failed, {counts['skipped']} skipped"
+    )
+    if IN_CI and counts["skipped"]:
+        terminalreporter.write_line("CI=true: a skipped test is a failure (every tier must run in CI)", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if IN_CI and reporter is not None and reporter.stats.get("skipped") and session.exitstatus == 0:
+        session.exitstatus = 1

@@ -1,0 +1,135 @@
+"""Users' two ways in besides the browser: a remote MLflow client, and a notebook kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+from tornado.websocket import websocket_connect
+
+pytestmark = pytest.mark.integration
+
+REMOTE_CLIENT = textwrap.dedent(
+    """
+    import json, os, sys, tempfile
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_experiment(sys.argv[1])
+    with mlflow.start_run() as run:
+        mlflow.log_param("alpha", "0.5")
+        for step, value in enumerate([0.3, 0.2, 0.1]):
+            mlflow.log_metric("loss", value, step=step)
+        with tempfile.TemporaryDirectory() as scratch:
+            path = os.path.join(scratch, "model.txt")
+            with open(path, "w") as handle:
+                handle.write("weights " * 1000)
+            mlflow.log_artifact(path)
+    client = MlflowClient()
+    fetched = client.get_run(run.info.run_id)
+    downloaded = client.download_artifacts(run.info.run_id, "model.txt", tempfile.mkdtemp())
+    print(json.dumps({
+        "run_id": run.info.run_id,
+        "artifact_uri": fetched.info.artifact_uri,
+        "params": fetched.data.params,
+        "loss_history": [m.value for m in client.get_metric_history(run.info.run_id, "loss")],
+        "artifacts": [a.path for a in client.list_artifacts(run.info.run_id)],
+        "artifact_size": os.path.getsize(downloaded),
+    }))
+    """
+)
+
+
+def test_remote_client_logs_and_reads_back_through_the_route(shared_stack, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPROXY_"))}
+    env.update(MLFLOW_TRACKING_URI=f"{shared_stack.base}/mlflow", MLFLOW_TRACKING_TOKEN=shared_stack.token)
+    experiment = f"remote-{uuid.uuid4().hex[:6]}"
+    result = subprocess.run([sys.executable, "-c", REMOTE_CLIENT, experiment], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["params"] == {"alpha": "0.5"}
+    assert seen["loss_history"] == [0.3, 0.2, 0.1]
+    assert seen["artifacts"] == ["model.txt"] and seen["artifact_size"] == 8000
+    # Artifacts went through the server into its store, not onto the client's disk.
+    assert seen["artifact_uri"].startswith("mlflow-artifacts:/")
+    stored = list((shared_stack.state_dir / "artifacts").rglob("model.txt"))
+    assert any(seen["run_id"] in str(path) for path in stored)
+    assert not list(tmp_path.iterdir()), f"the client wrote locally: {list(tmp_path.iterdir())}"
+
+
+NOTEBOOK_CELL = textwrap.dedent(
+    """
+    import mlflow, os
+    mlflow.set_experiment("{experiment}")
+    with mlflow.start_run(run_name="from-a-notebook") as run:
+        mlflow.log_metric("accuracy", 0.91)
+    print("RUN", run.info.run_id, os.environ["MLFLOW_TRACKING_URI"])
+    """
+)
+
+
+async def _execute(stack, kernel_id: str, code: str, timeout: float = 120) -> tuple[str, str]:
+    """Run code in a kernel over Jupyter's websocket API; return (status, stdout)."""
+    ws_url = stack.base.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels"
+    from tornado.httpclient import HTTPRequest
+
+    connection = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {stack.token}"}))
+    msg_id = uuid.uuid4().hex
+    connection.write_message(json.dumps({
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex, "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False},
+    }))
+    stdout, status = [], None
+    while status is None:
+        message = json.loads(await asyncio.wait_for(connection.read_message(), timeout))
+        if message.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        if message["msg_type"] == "stream":
+            stdout.append(message["content"]["text"])
+        elif message["msg_type"] == "error":
+            stdout.append("\n".join(message["content"]["traceback"]))
+        elif message["msg_type"] == "execute_reply":
+            status = message["content"]["status"]
+    connection.close()
+    return status, "".join(stdout)
+
+
+def test_notebook_kernel_logs_to_the_managed_mlflow_without_setup(shared_stack):
+    session = shared_stack.session()
+    experiment = f"notebook-{uuid.uuid4().hex[:6]}"
+    notebook = {
+        "type": "notebook",
+        "content": {
+            "cells": [{"cell_type": "code", "source": NOTEBOOK_CELL.format(experiment=experiment), "metadata": {}, "outputs": [], "execution_count": None}],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5,
+        },
+    }
+    assert session.put(shared_stack.url("api/contents/track.ipynb"), json=notebook, timeout=10).status_code in (200, 201)
+    opened = session.post(shared_stack.url("api/sessions"), json={"path": "track.ipynb", "type": "notebook", "kernel": {"name": "python3"}}, timeout=30)
+    assert opened.status_code == 201, opened.text
+    kernel_id = opened.json()["kernel"]["id"]
+    try:
+        saved = session.get(shared_stack.url("api/contents/track.ipynb"), timeout=10).json()
+        code = "".join(saved["content"]["cells"][0]["source"])
+        status, output = asyncio.run(_execute(shared_stack, kernel_id, code))
+    finally:
+        session.delete(shared_stack.url(f"api/sessions/{opened.json()['id']}"), timeout=30)
+    assert status == "ok", output
+    run_id = output.split("RUN ")[1].split()[0]
+    assert f"http://127.0.0.1:{shared_stack.mlflow_port}" in output
+    # The run shows in MLflow, read the way a user would: through the route.
+    runs = session.post(
+        shared_stack.url("mlflow/api/2.0/mlflow/runs/search"),
+        json={"experiment_ids": [session.get(shared_stack.url("mlflow/api/2.0/mlflow/experiments/get-by-name"), params={"experiment_name": experiment}, timeout=10).json()["experiment"]["experiment_id"]]},
+        timeout=10,
+    ).json()["runs"]
+    assert [r["info"]["run_id"] for r in runs] == [run_id]
+    assert runs[0]["data"]["metrics"][0]["value"] == 0.91

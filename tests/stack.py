@@ -1,0 +1,159 @@
+"""A real mlproxy stack for tests: `mlproxy up` in a subprocess, on its own state dir and ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from mlproxy_supervisor.rpc import Supervisor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def cmdlines() -> dict[int, str]:
+    """Every process's argv, as /proc shows it to anyone on the machine."""
+    result = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                result[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                pass
+    return result
+
+
+def processes_under(state_dir: Path) -> list[str]:
+    """Processes that belong to the stack at state_dir (its paths appear in their argv or cwd)."""
+    found = []
+    for pid, command in cmdlines().items():
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            cwd = ""
+        if str(state_dir) in command or cwd.startswith(str(state_dir)):
+            found.append(f"{pid}: {command}")
+    return found
+
+
+class Stack:
+    def __init__(self, state_dir: Path, jupyter_port: int = 8888, mlflow_port: int = 5001, metrics_port: int = 9181, env: dict | None = None, config: str | None = None):
+        self.state_dir = Path(state_dir)
+        self.jupyter_port, self.mlflow_port, self.metrics_port = jupyter_port, mlflow_port, metrics_port
+        self.extra_env = dict(env or {})
+        self.config_file = None
+        if config is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.config_file = self.state_dir.parent / f"{self.state_dir.name}.toml"
+            self.config_file.write_text(config)
+        self.process: subprocess.Popen | None = None
+        self.output = self.state_dir.parent / f"{self.state_dir.name}.up.log"
+
+    # --- environment and commands -------------------------------------------------------
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLPROXY_")}
+        env.update(
+            MLPROXY_STATE_DIR=str(self.state_dir),
+            MLPROXY_JUPYTER__PORT=str(self.jupyter_port),
+            MLPROXY_MLFLOW__PORT=str(self.mlflow_port),
+            MLPROXY_AGENT__METRICS_PORT=str(self.metrics_port),
+        )
+        if self.config_file is not None:
+            env["MLPROXY_CONFIG"] = str(self.config_file)
+        env.update(self.extra_env)
+        return env
+
+    def mlproxy(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "mlproxy_supervisor", *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=check, cwd=self.state_dir.parent,
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self, wait: bool = True, timeout: float = 180) -> Stack:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.output, "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlproxy_supervisor", "up"],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.state_dir.parent,
+        )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 180) -> dict:
+        result = self.mlproxy("status", "--wait", "--json", "--timeout", str(timeout), timeout=timeout + 30)
+        status = json.loads(result.stdout)
+        assert result.returncode == 0, f"stack not ready after {timeout} s: {status.get('summary')}\n{self.tail()}"
+        return status
+
+    def wait_for(self, predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.status()
+            if predicate(last):
+                return last
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}; last status: {json.dumps(last, indent=1)[:3000]}")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def tail(self, lines: int = 40) -> str:
+        chunks = []
+        for path in [self.output, *sorted((self.state_dir / "logs").glob("*.log"))]:
+            if path.exists():
+                chunks.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(chunks)
+
+    # --- observation ----------------------------------------------------------------------
+    def status(self) -> dict:
+        return json.loads(self.mlproxy("status", "--json").stdout)
+
+    @property
+    def token(self) -> str:
+        return (self.state_dir / "jupyter_token").read_text().strip()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.jupyter_port}"
+
+    def url(self, path: str) -> str:
+        return f"{self.base}/{path.lstrip('/')}"
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["Authorization"] = f"token {self.token}"
+        return session
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.state_dir / "run" / "supervisord.sock")
+
+    def pid(self, name: str) -> int:
+        return self.supervisor.processes()[name].pid
