@@ -305,15 +305,22 @@ def config_search_path(cwd: Path | None = None) -> list[Path]:
     return paths
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. inside a directory this user may not enter: not our config
+        return False
+
+
 def find_config_file(explicit: Path | None = None) -> Path | None:
     if explicit is not None:
-        if not explicit.is_file():
+        if not _is_file(explicit):
             raise ConfigError(f"config file {explicit} does not exist (given with --config)")
         return explicit
     candidates = config_search_path()
-    if os.environ.get(CONFIG_PATH_ENV) and not candidates[0].is_file():
+    if os.environ.get(CONFIG_PATH_ENV) and not _is_file(candidates[0]):
         raise ConfigError(f"config file {candidates[0]} does not exist (named by ${CONFIG_PATH_ENV})")
-    return next((path for path in candidates if path.is_file()), None)
+    return next((path for path in candidates if _is_file(path)), None)
 
 
 def _known_env_names(model: type[BaseModel], prefix: str) -> set[str]:

@@ -101,15 +101,22 @@ def refusal(state: SchemaState, uri: str) -> str:
     )
 
 
+def _copy_database(source: Path, target: Path) -> None:
+    """A consistent copy through SQLite's online backup (safe even with a journal pending)."""
+    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as origin, sqlite3.connect(target) as copy:
+        origin.backup(copy)
+
+
 def backup_and_upgrade(state: SchemaState, uri: str, env: dict[str, str]) -> Path:
-    """Copy the database aside (SQLite online backup), then run `mlflow db upgrade`."""
-    backup = state.database.with_name(f"{state.database.name}.{state.current}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
-    with sqlite3.connect(f"file:{state.database}?mode=ro", uri=True) as source, sqlite3.connect(backup) as target:
-        source.backup(target)
+    """Copy the database aside, run `mlflow db upgrade`; on failure put the copy back."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = state.database.with_name(f"{state.database.name}.{state.current}.{stamp}.bak")
+    _copy_database(state.database, backup)
     result = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], env=env, capture_output=True, text=True)
     if result.returncode != 0:
+        _copy_database(backup, state.database)
         raise SchemaError(
-            f"`mlflow db upgrade` failed (exit {result.returncode}); the backup is {backup}:\n"
-            + result.stderr[-2000:]
+            f"`mlflow db upgrade` failed (exit {result.returncode}); the database was restored from "
+            f"{backup}, unchanged:\n{result.stderr[-2000:]}"
         )
     return backup

@@ -151,33 +151,43 @@ class Agent:
             self.notifier.watchdog()  # only while supervisord answers: a frozen one gets us restarted
             self.last_watchdog = now
 
+    def step(self, memory: Memory, previous_pids: dict[str, int]) -> tuple[Memory, dict[str, int], bool]:
+        """One pass: observe, probe, reconcile, act, report. Returns whether anything is starting."""
+        now = time.monotonic()
+        state, processes = self.observe()
+        requests = reconcile.plan_probes(memory, processes, now, self.settings.agent) if state == "RUNNING" else []
+        results = self.prober.run_all(requests)
+        tails = {
+            name: self.supervisor.tail(name)
+            for name, info in processes.items()
+            if name in SERVICES and reconcile.wants_log_tail(memory, info, self.settings.agent)
+        }
+        seen = Observation(time.monotonic(), state, processes, results, tails, time.time())
+        memory, actions, events = reconcile.reconcile(memory, seen, self.settings.agent)
+        for event in events:
+            log(self.events.record(event, seen.wall))
+        for action in actions:
+            self.execute(action)
+        self._reap_leftovers(previous_pids, processes)
+        if processes:
+            previous_pids = {name: processes[name].pid for name in SERVICES if name in processes}
+        self.report(memory, processes, now)
+        busy = any(not memory.services[n].ready for n in SERVICES) or not memory.route.ready
+        return memory, previous_pids, busy
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        state, processes = self.observe()
+        self.observe()
         memory = restore_memory(self.settings, self.supervisor_pid)
         log(f"agent started (pid {os.getpid()}), supervisord {'pid ' + str(self.supervisor_pid) if self.supervisor_pid else 'not answering'}")
         previous_pids = {name: memory.services[name].pid for name in SERVICES}
         while not self.stopping:
-            now = time.monotonic()
-            state, processes = self.observe()
-            requests = reconcile.plan_probes(memory, processes, now, self.settings.agent) if state == "RUNNING" else []
-            results = self.prober.run_all(requests)
-            tails = {
-                name: self.supervisor.tail(name)
-                for name, info in processes.items()
-                if name in SERVICES and reconcile.wants_log_tail(memory, info, self.settings.agent)
-            }
-            seen = Observation(time.monotonic(), state, processes, results, tails, time.time())
-            memory, actions, events = reconcile.reconcile(memory, seen, self.settings.agent)
-            for event in events:
-                log(self.events.record(event, seen.wall))
-            for action in actions:
-                self.execute(action)
-            self._reap_leftovers(previous_pids, processes)
-            previous_pids = {name: processes[name].pid for name in SERVICES if name in processes}
-            self.report(memory, processes, now)
-            busy = any(not memory.services[n].ready for n in SERVICES) or not memory.route.ready
+            try:
+                memory, previous_pids, busy = self.step(memory, previous_pids)
+            except Exception as error:  # a bug or a surprise must not take the agent down in a loop
+                log(f"agent step failed: {type(error).__name__}: {error}")
+                busy = False
             time.sleep(self.settings.agent.startup_period if busy else IDLE_TICK)
         log("agent stopping")
         if self.metrics is not None:
@@ -188,8 +198,8 @@ class Agent:
         """Kill what is left of a program's old process group (e.g. `mlflow server`'s uvicorn
         child after a kill -9 of its parent), so it cannot hold the port against the new one."""
         for name, old_pid in previous.items():
-            info = processes.get(name)
-            if old_pid and (info is None or info.pid != old_pid) and process_group_members(old_pid):
+            info = processes.get(name)  # None when supervisord did not answer: decide nothing
+            if old_pid and info is not None and info.pid != old_pid and process_group_members(old_pid):
                 log(f"{name}: killing leftovers of process group {old_pid}")
                 kill_group(old_pid)
 

@@ -1,0 +1,68 @@
+"""Stopping and restarting: nothing left behind, ports free, Jupyter before MLflow, runs kept."""
+
+from __future__ import annotations
+
+import re
+import signal
+import stat
+import uuid
+
+import pytest
+
+from tests.stack import Stack, cmdlines, port_is_free, processes_under
+
+pytestmark = pytest.mark.integration
+
+PORTS = dict(jupyter_port=18888, mlflow_port=15001, metrics_port=19181)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("lifecycle") / "state", **PORTS).start()
+    yield stack
+    stack.stop()
+
+
+def test_token_file_is_private_and_never_in_argv_or_logs(stack):
+    token_file = stack.state_dir / "jupyter_token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((stack.state_dir / "run").stat().st_mode) == 0o700
+    assert stat.S_IMODE((stack.state_dir / "run" / "supervisord.sock").stat().st_mode) == 0o700
+    leaking = [f"{pid}: {line[:80]}" for pid, line in cmdlines().items() if stack.token in line]
+    assert not leaking, f"token in argv of {leaking}"
+    for log in (stack.state_dir / "logs").glob("*.log"):
+        assert stack.token not in log.read_text(errors="replace"), f"token in {log}"
+    assert stack.token not in (stack.state_dir / "run" / "status.json").read_text()
+
+
+def _log_run(stack) -> str:
+    session = stack.session()
+    experiment = session.post(stack.url("mlflow/api/2.0/mlflow/experiments/create"), json={"name": f"keep-{uuid.uuid4().hex[:6]}"}, timeout=10).json()["experiment_id"]
+    run = session.post(stack.url("mlflow/api/2.0/mlflow/runs/create"), json={"experiment_id": experiment}, timeout=10).json()["run"]["info"]["run_id"]
+    assert session.post(stack.url("mlflow/api/2.0/mlflow/runs/log-metric"), json={"run_id": run, "key": "m", "value": 1.5, "timestamp": 0, "step": 0}, timeout=10).ok
+    return run
+
+
+def _stopped_cleanly(stack, code: int) -> None:
+    assert code == 0, stack.tail()
+    assert not processes_under(stack.state_dir), processes_under(stack.state_dir)
+    for port in PORTS.values():
+        assert port_is_free(port), f"port {port} still taken after stop"
+    log = (stack.state_dir / "logs" / "supervisord.log").read_text()
+    last_run = log[log.rindex("supervisord started") :]
+    stops = re.findall(r"stopped: (\w+)", last_run)
+    assert stops.index("jupyter") < stops.index("mlflow"), f"stop order was {stops}"
+
+
+def test_sigterm_stops_everything_and_restart_keeps_runs(stack):
+    run = _log_run(stack)
+    _stopped_cleanly(stack, stack.stop())
+    stack.start()
+    fetched = stack.session().get(stack.url("mlflow/api/2.0/mlflow/runs/get"), params={"run_id": run}, timeout=10)
+    assert fetched.status_code == 200 and fetched.json()["run"]["data"]["metrics"][0]["value"] == 1.5
+
+
+def test_ctrl_c_stops_everything(stack):
+    stack.process.send_signal(signal.SIGINT)
+    _stopped_cleanly(stack, stack.process.wait(60))
+    stack.start()  # leave it running for the module's teardown
