@@ -6,20 +6,24 @@ import os
 
 import pytest
 
-from tests.stack import Stack, port_is_free
+from tests.stack import Stack, port_is_free, ports
 
 IN_CI = os.environ.get("CI") == "true"
 
 
 @pytest.fixture(scope="session")
 def shared_stack(tmp_path_factory):
-    """The stack on the default ports (8888, 5001), started once; tests using it must not break it."""
-    busy = [port for port in (8888, 5001, 9181) if not port_is_free(port)]
+    """The stack on the default ports (8888, 5001, 9181), started once; tests using it only read
+    or add their own experiments."""
+    wanted = ports(8888, 5001, 9181)
+    busy = [port for port in wanted.values() if not port_is_free(port)]
     if busy:
         pytest.fail(f"ports {busy} are in use; stop whatever holds them (another mlproxy?) before the tests")
-    stack = Stack(tmp_path_factory.mktemp("shared") / "state").start()
+    stack = Stack(tmp_path_factory.mktemp("shared") / "state", **wanted).start()
     yield stack
-    stack.stop()
+    assert stack.stop() == 0
+    busy = [port for port in wanted.values() if not port_is_free(port)]
+    assert not busy, f"ports {busy} still in use after the shared stack stopped"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

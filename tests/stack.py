@@ -16,6 +16,13 @@ import requests
 from mlproxy_supervisor.rpc import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
+# Shifts every port the tests use, so two test runs on one machine do not collide.
+PORT_OFFSET = int(os.environ.get("MLPROXY_TEST_PORT_OFFSET", "0"))
+
+
+def ports(jupyter: int, mlflow: int, metrics: int) -> dict[str, int]:
+    """Test ports, shifted by MLPROXY_TEST_PORT_OFFSET."""
+    return dict(jupyter_port=jupyter + PORT_OFFSET, mlflow_port=mlflow + PORT_OFFSET, metrics_port=metrics + PORT_OFFSET)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -54,7 +61,7 @@ def processes_under(state_dir: Path) -> list[str]:
 
 
 class Stack:
-    def __init__(self, state_dir: Path, jupyter_port: int = 8888, mlflow_port: int = 5001, metrics_port: int = 9181, env: dict | None = None, config: str | None = None):
+    def __init__(self, state_dir: Path, jupyter_port: int, mlflow_port: int, metrics_port: int, env: dict | None = None, config: str | None = None):
         self.state_dir = Path(state_dir)
         self.jupyter_port, self.mlflow_port, self.metrics_port = jupyter_port, mlflow_port, metrics_port
         self.extra_env = dict(env or {})

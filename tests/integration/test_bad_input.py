@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import ROOT, Stack, port_is_free, processes_under
+from tests.stack import ROOT, Stack, port_is_free, ports, processes_under
 
 pytestmark = pytest.mark.integration
 
-PORTS = dict(jupyter_port=28888, mlflow_port=25001, metrics_port=29181)
+PORTS = ports(28888, 25001, 29181)
 
 
 def _nothing_started(stack: Stack) -> None:

@@ -9,11 +9,11 @@ import uuid
 
 import pytest
 
-from tests.stack import Stack, cmdlines, port_is_free, processes_under
+from tests.stack import Stack, cmdlines, port_is_free, ports, processes_under
 
 pytestmark = pytest.mark.integration
 
-PORTS = dict(jupyter_port=18888, mlflow_port=15001, metrics_port=19181)
+PORTS = ports(18888, 15001, 19181)
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,23 @@ import requests
 
 pytestmark = pytest.mark.integration
 
-ROUTES = ["mlflow", "proxy/5001"]
+ROUTES = ["mlflow", "proxy"]  # "proxy" stands for /proxy/<mlflow port>
+
+
+def prefix(stack, route: str) -> str:
+    return f"proxy/{stack.mlflow_port}" if route == "proxy" else route
 
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_ui_is_served_with_its_assets(shared_stack, route):
     session = shared_stack.session()
-    page = session.get(shared_stack.url(f"{route}/"), timeout=10)
+    page = session.get(shared_stack.url(f"{prefix(shared_stack, route)}/"), timeout=10)
     assert page.status_code == 200
     assert "<title>MLflow</title>" in page.text
     # The UI loads its scripts relative to the page: they must resolve under the prefix.
     scripts = re.findall(r'<script[^>]+src="([^"]+)"', page.text)
     assert scripts, "no script tags in MLflow's index.html"
-    asset = session.get(shared_stack.url(f"{route}/{scripts[0].lstrip('./')}"), timeout=10)
+    asset = session.get(shared_stack.url(f"{prefix(shared_stack, route)}/{scripts[0].lstrip('./')}"), timeout=10)
     assert asset.status_code == 200 and len(asset.content) > 1000
 
 
@@ -31,21 +35,21 @@ def test_ui_is_served_with_its_assets(shared_stack, route):
 def test_rest_api_creates_and_reads(shared_stack, route):
     session = shared_stack.session()
     name = f"route-{route.replace('/', '-')}-{uuid.uuid4().hex[:6]}"
-    created = session.post(shared_stack.url(f"{route}/api/2.0/mlflow/experiments/create"), json={"name": name}, timeout=10)
+    created = session.post(shared_stack.url(f"{prefix(shared_stack, route)}/api/2.0/mlflow/experiments/create"), json={"name": name}, timeout=10)
     assert created.status_code == 200, created.text
     experiment_id = created.json()["experiment_id"]
-    other = "proxy/5001" if route == "mlflow" else "mlflow"
+    other = prefix(shared_stack, "proxy" if route == "mlflow" else "mlflow")
     found = session.get(shared_stack.url(f"{other}/api/2.0/mlflow/experiments/get-by-name"), params={"experiment_name": name}, timeout=10)
     assert found.json()["experiment"]["experiment_id"] == experiment_id
 
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_without_token_get_redirects_to_login_and_post_is_refused(shared_stack, route):
-    page = requests.get(shared_stack.url(f"{route}/"), allow_redirects=False, timeout=10)
+    page = requests.get(shared_stack.url(f"{prefix(shared_stack, route)}/"), allow_redirects=False, timeout=10)
     assert page.status_code == 302 and "/login" in page.headers["Location"]
-    write = requests.post(shared_stack.url(f"{route}/api/2.0/mlflow/experiments/create"), json={"name": "nope"}, timeout=10)
+    write = requests.post(shared_stack.url(f"{prefix(shared_stack, route)}/api/2.0/mlflow/experiments/create"), json={"name": "nope"}, timeout=10)
     assert write.status_code == 403
-    wrong = requests.get(shared_stack.url(f"{route}/api/2.0/mlflow/experiments/search"), headers={"Authorization": "token wrong"}, allow_redirects=False, timeout=10)
+    wrong = requests.get(shared_stack.url(f"{prefix(shared_stack, route)}/api/2.0/mlflow/experiments/search"), headers={"Authorization": "token wrong"}, allow_redirects=False, timeout=10)
     assert wrong.status_code == 302
 
 
@@ -59,26 +63,27 @@ def test_bearer_token_is_accepted_like_mlflow_tracking_token_sends_it(shared_sta
     assert answer.status_code == 200 and "experiments" in answer.json()
 
 
-@pytest.mark.parametrize("host", ["myvm.example.com:8888", "10.20.30.40:8888"])
+@pytest.mark.parametrize("host", ["myvm.example.com", "10.20.30.40"])
 @pytest.mark.parametrize("route", ROUTES)
 def test_any_hostname_reads_and_writes_same_origin(shared_stack, host, route):
     session = shared_stack.session()
+    host = f"{host}:{shared_stack.jupyter_port}"
     session.headers["Host"] = host
-    page = session.get(shared_stack.url(f"{route}/"), timeout=10)
+    page = session.get(shared_stack.url(f"{prefix(shared_stack, route)}/"), timeout=10)
     assert page.status_code == 200 and "<title>MLflow</title>" in page.text
-    listed = session.get(shared_stack.url(f"{route}/ajax-api/2.0/mlflow/experiments/search"), params={"max_results": 5}, timeout=10)
+    listed = session.get(shared_stack.url(f"{prefix(shared_stack, route)}/ajax-api/2.0/mlflow/experiments/search"), params={"max_results": 5}, timeout=10)
     assert listed.status_code == 200, listed.text
     # What the UI sends for "rename experiment": a JSON POST with the page's own Origin.
     name = f"host-{uuid.uuid4().hex[:8]}"
     created = session.post(
-        shared_stack.url(f"{route}/ajax-api/2.0/mlflow/experiments/create"),
+        shared_stack.url(f"{prefix(shared_stack, route)}/ajax-api/2.0/mlflow/experiments/create"),
         json={"name": name},
         headers={"Origin": f"http://{host}"},
         timeout=10,
     )
     assert created.status_code == 200, created.text
     renamed = session.post(
-        shared_stack.url(f"{route}/ajax-api/2.0/mlflow/experiments/update"),
+        shared_stack.url(f"{prefix(shared_stack, route)}/ajax-api/2.0/mlflow/experiments/update"),
         json={"experiment_id": created.json()["experiment_id"], "new_name": name + "-renamed"},
         headers={"Origin": f"http://{host}"},
         timeout=10,
@@ -92,7 +97,7 @@ def test_cross_origin_write_is_refused(shared_stack, origin, route):
     session = shared_stack.session()
     name = f"evil-{uuid.uuid4().hex[:8]}"
     answer = session.post(
-        shared_stack.url(f"{route}/ajax-api/2.0/mlflow/experiments/create"),
+        shared_stack.url(f"{prefix(shared_stack, route)}/ajax-api/2.0/mlflow/experiments/create"),
         data=f'{{"name": "{name}"}}',
         headers={"Origin": origin, "Content-Type": "text/plain"},
         timeout=10,
