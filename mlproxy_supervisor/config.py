@@ -199,6 +199,8 @@ class Settings(BaseSettings):
         state = Path(data.get("state_dir") or _default_state_dir()).expanduser().absolute()
         data["state_dir"] = state
         data["log_dir"] = _absolute(data.get("log_dir")) or _systemd_dir("LOGS_DIRECTORY") or state / "logs"
+        # Under the state directory by default, so one state directory is one self-contained
+        # instance (two instances never share a socket or a status document).
         data["runtime_dir"] = (
             _absolute(data.get("runtime_dir")) or _systemd_dir("RUNTIME_DIRECTORY") or state / "run"
         )
@@ -220,7 +222,10 @@ class Settings(BaseSettings):
         if len(set(ports.values())) != len(ports):
             raise ValueError(f"ports must differ: {ports}")
         if len(str(self.socket_path)) > 100:  # AF_UNIX paths are limited to 107 bytes
-            raise ValueError(f"runtime_dir is too long for a unix socket path: {self.runtime_dir}")
+            raise ValueError(
+                f"runtime_dir {self.runtime_dir} is too long for a unix socket path (over 100 bytes); "
+                "set runtime_dir to a shorter directory, e.g. /run/user/<uid>/mlproxy"
+            )
         return self
 
     # Derived locations: one place names every file the stack uses.

@@ -2,27 +2,64 @@
 
 `mlflow server` checks the backend store (creating tables in a new database, refusing an
 out-of-date schema) and then runs uvicorn as a child process. We make the same check here, at
-import time in the server process itself, so a broken store still makes the process exit and
-supervisord's crash-loop handling (and the agent's FATAL report) applies.
+import time in the server process itself, so a broken store makes the process exit and
+supervisord's crash-loop handling (and the agent's FATAL report and backoff) applies.
+
+One difference on purpose: MLflow retries an unreachable database for about 100 s inside the
+process (10 attempts, exponential sleeps), which looks like a slow start rather than a failure.
+We try once, with a short connect timeout, and exit with the cause; supervisord and the agent
+do the retrying, visibly.
 """
 
 import fcntl
 import os
 import sys
 
-from mlflow.server.handlers import initialize_backend_stores
+import sqlalchemy
 
+from . import schema
 from .config import load_settings
 from .launch import MLFLOW_SERVER_ENV
 
+CONNECT_TIMEOUT = 5  # seconds
+
+
+class StoreUnusable(Exception):
+    pass
+
+
+def _check_reachable(uri: str) -> None:
+    database = schema.sqlite_database(uri)
+    if database is not None:
+        directory = database.parent
+        if database.exists() and not os.access(database, os.R_OK | os.W_OK):
+            raise StoreUnusable(f"the database {database} is not writable by this user (uid {os.geteuid()})")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StoreUnusable(f"the database directory {directory} is not writable (SQLite needs it for its journal)")
+        return
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT} if uri.startswith(("postgresql", "mysql")) else {}
+    engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        cause = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        raise StoreUnusable(f"cannot connect to the backend store {engine.url.render_as_string(hide_password=True)}: {cause}") from None
+    finally:
+        engine.dispose()
+
 
 def _initialize_stores() -> None:
+    backend = os.environ[MLFLOW_SERVER_ENV["backend_store"]]
+    _check_reachable(backend)  # before importing MLflow (2 s): a dead database fails fast
+
+    from mlflow.server.handlers import initialize_backend_stores
     lock_path = load_settings().runtime_dir / "mlflow-store.lock"
     # With several workers each imports this module; one at a time creates a new database.
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         initialize_backend_stores(
-            os.environ[MLFLOW_SERVER_ENV["backend_store"]],
+            backend,
             os.environ[MLFLOW_SERVER_ENV["registry_store"]],
             os.environ[MLFLOW_SERVER_ENV["artifact_root"]],
         )
@@ -30,10 +67,11 @@ def _initialize_stores() -> None:
 
 try:
     _initialize_stores()
-except Exception as error:  # the message is the cause the agent reports from the log tail
-    print(f"mlproxy: MLflow cannot use its backend store: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+except Exception as error:  # this line is the cause the agent reports from the log tail
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    print(f"mlproxy: MLflow cannot use its backend store: {type(error).__name__}: {message}", file=sys.stderr, flush=True)
     sys.exit(3)
 
-from mlflow.server.fastapi_app import app  # noqa: E402  (after the store check, as mlflow server)
+from mlflow.server.fastapi_app import app  # noqa: E402  (after the store check, as `mlflow server`)
 
 __all__ = ["app"]

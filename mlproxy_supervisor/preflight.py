@@ -15,7 +15,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from . import schema
 from .config import Settings
@@ -29,13 +28,12 @@ REQUIRED_MODULES = {
     "jupyter_server_proxy": "jupyter-server-proxy",
     "supervisor": "supervisor",
 }
-# SQLAlchemy dialect -> the driver module and package mlflow needs for it.
-DATABASE_DRIVERS = {
-    "postgresql": ("psycopg2", "psycopg2-binary"),
-    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
-    "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
-    "mysql": ("MySQLdb", "mysqlclient"),
-    "mysql+pymysql": ("pymysql", "pymysql"),
+# SQLAlchemy's driver name -> (module to import, package to install), where they differ.
+DRIVER_MODULES = {
+    "psycopg": ("psycopg", "psycopg[binary]"),
+    "psycopg2": ("psycopg2", "psycopg2-binary"),
+    "mysqldb": ("MySQLdb", "mysqlclient"),
+    "pysqlite": ("sqlite3", "(part of Python)"),
 }
 
 
@@ -60,15 +58,27 @@ def check_dependencies(settings: Settings) -> list[Problem]:
                 Problem(f"{package} is not installed in {sys.prefix}",
                         f"pip install -c constraints.txt {package}  (or reinstall mlproxy)")
             )
-    scheme = urlsplit(settings.mlflow.backend_store_uri).scheme
-    if scheme in DATABASE_DRIVERS:
-        module, package = DATABASE_DRIVERS[scheme]
+    driver = _database_driver(settings.mlflow.backend_store_uri)
+    if driver is not None:
+        module, package = DRIVER_MODULES.get(driver, (driver, driver))
         if importlib.util.find_spec(module) is None:
             problems.append(
-                Problem(f"mlflow.backend_store_uri uses {scheme}, but its driver {module} is not installed",
-                        f"pip install {package}")
+                Problem(f"mlflow.backend_store_uri needs the database driver {module}, which is not installed",
+                        f"pip install {package}  (or `pip install mlproxy[postgres]` for PostgreSQL)")
             )
     return problems
+
+
+def _database_driver(uri: str) -> str | None:
+    """The DBAPI driver SQLAlchemy will load for this URI (postgresql:// means psycopg 3 on
+    SQLAlchemy 2.1, psycopg2 before), without importing it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        return make_url(uri).get_dialect().driver
+    except (ArgumentError, NoSuchModuleError):
+        return None
 
 
 def _writable_directory(path: Path, key: str, mode: int = 0o755) -> Problem | None:

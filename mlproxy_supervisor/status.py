@@ -39,8 +39,9 @@ def current_status(settings: Settings) -> dict:
         summary = "supervisord is running but the agent is not reporting"
         if age is not None:
             summary += f" (last report {age:.0f} s ago)"
-        overall = (document or {}).get("overall") if document else None
-        return {**(document or {}), "overall": "degraded" if overall in ("ready", "degraded") else "starting", "summary": summary}
+        previous = document or {"services": {}}
+        overall = "degraded" if previous.get("overall") in ("ready", "degraded") else "starting"
+        return {**previous, "overall": overall, "summary": summary}
     return document
 
 

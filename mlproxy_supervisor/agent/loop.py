@@ -152,17 +152,16 @@ class Agent:
             self.last_watchdog = now
 
     def step(self, memory: Memory, previous_pids: dict[str, int]) -> tuple[Memory, dict[str, int], bool]:
-        """One pass: observe, probe, reconcile, act, report. Returns whether anything is starting."""
-        now = time.monotonic()
+        """One pass: observe, take finished probe results, reconcile, act, start due probes,
+        report. Returns the new memory, the pids seen, and whether anything is starting."""
         state, processes = self.observe()
-        requests = reconcile.plan_probes(memory, processes, now, self.settings.agent) if state == "RUNNING" else []
-        results = self.prober.run_all(requests)
+        now = time.monotonic()
         tails = {
             name: self.supervisor.tail(name)
             for name, info in processes.items()
-            if name in SERVICES and reconcile.wants_log_tail(memory, info, self.settings.agent)
+            if name in SERVICES and reconcile.wants_log_tail(memory, info, now, self.settings.agent)
         }
-        seen = Observation(time.monotonic(), state, processes, results, tails, time.time())
+        seen = Observation(now, state, processes, self.prober.collect(), tails, time.time())
         memory, actions, events = reconcile.reconcile(memory, seen, self.settings.agent)
         for event in events:
             log(self.events.record(event, seen.wall))
@@ -171,6 +170,8 @@ class Agent:
         self._reap_leftovers(previous_pids, processes)
         if processes:
             previous_pids = {name: processes[name].pid for name in SERVICES if name in processes}
+        if state == "RUNNING" and not actions:  # after an action, look at supervisord first
+            self.prober.submit(reconcile.plan_probes(memory, processes, time.monotonic(), self.settings.agent))
         self.report(memory, processes, now)
         busy = any(not memory.services[n].ready for n in SERVICES) or not memory.route.ready
         return memory, previous_pids, busy
@@ -188,7 +189,7 @@ class Agent:
             except Exception as error:  # a bug or a surprise must not take the agent down in a loop
                 log(f"agent step failed: {type(error).__name__}: {error}")
                 busy = False
-            time.sleep(self.settings.agent.startup_period if busy else IDLE_TICK)
+            self.prober.wait(self.settings.agent.startup_period if busy else IDLE_TICK)
         log("agent stopping")
         if self.metrics is not None:
             self.metrics.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import http.client
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -74,21 +74,40 @@ def _get(check: Check, token: str, timeout: float) -> str | None:
 
 
 class Prober:
+    """Runs probes in the background: a probe that waits for its timeout on a hung service must
+    not stall the loop, nor delay the other probes."""
+
     def __init__(self, settings: Settings, token_source):
         self._checks = checks(settings)
         self._token_source = token_source  # callable: re-read, so a rotated token is picked up
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="probe")
+        self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="probe")
+        self._in_flight: dict[tuple[str, str], Future] = {}
 
     def run(self, request: ProbeRequest) -> ProbeResult:
         started, wall = time.monotonic(), time.time()
-        token = self._token_source() if any(c.authenticated for c in self._checks[(request.target, request.kind)]) else ""
+        checks = self._checks[(request.target, request.kind)]
+        token = self._token_source() if any(check.authenticated for check in checks) else ""
         problem = None
-        for check in self._checks[(request.target, request.kind)]:
+        for check in checks:
             problem = _get(check, token, request.timeout)
             if problem:
                 break
-        return ProbeResult(request.target, request.kind, problem is None, time.monotonic() - started, wall, problem or "")
+        return ProbeResult(request.target, request.kind, problem is None, time.monotonic() - started, wall, problem or "", request.pid)
 
-    def run_all(self, requests: list[ProbeRequest]) -> tuple[ProbeResult, ...]:
-        """Run the due probes concurrently: one hung service must not delay the others' probes."""
-        return tuple(self._pool.map(self.run, requests))
+    def submit(self, requests: list[ProbeRequest]) -> None:
+        """Start the probes not already running (one per target and kind at a time)."""
+        for request in requests:
+            key = (request.target, request.kind)
+            if key not in self._in_flight:
+                self._in_flight[key] = self._pool.submit(self.run, request)
+
+    def collect(self) -> tuple[ProbeResult, ...]:
+        done = [key for key, future in self._in_flight.items() if future.done()]
+        return tuple(self._in_flight.pop(key).result() for key in done)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a probe finishes or the timeout passes, whichever comes first."""
+        if self._in_flight:
+            wait(list(self._in_flight.values()), timeout=timeout, return_when=FIRST_COMPLETED)
+        else:
+            time.sleep(timeout)

@@ -37,20 +37,22 @@ class Overall(str, Enum):
 
 
 @dataclass(frozen=True)
-class ProbeResult:
+class ProbeRequest:
     target: str  # "mlflow", "jupyter" or "route"
     kind: str  # "liveness" or "readiness"
+    timeout: float
+    pid: int = 0  # the process probed (0 for the route): a late answer about an old process is dropped
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    target: str
+    kind: str
     ok: bool
     latency: float  # seconds
     at: float  # wall-clock time
     detail: str = ""
-
-
-@dataclass(frozen=True)
-class ProbeRequest:
-    target: str
-    kind: str
-    timeout: float
+    pid: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Event:
 class ServiceMemory:
     phase: Phase = Phase.WAITING
     pid: int = 0  # the process the fields below describe
+    started: bool = False  # passed its startup probe; from then on liveness is watched
+    seen_since: float = 0.0  # monotonic time this agent first saw the process (adoption counts)
     ready: bool = False
     liveness_failures: int = 0
     readiness_failures: int = 0
@@ -134,31 +138,34 @@ def _startup_budget(service: str, settings: AgentSettings) -> float:
     return settings.mlflow_startup_budget if service == "mlflow" else settings.jupyter_startup_budget
 
 
-def wants_log_tail(memory: Memory, info: ProcessInfo, settings: AgentSettings) -> bool:
+def wants_log_tail(memory: Memory, info: ProcessInfo, now: float, settings: AgentSettings) -> bool:
     """Whether the loop should fetch the program's last log lines: only when they explain a failure."""
+    mem = memory.services[info.name]
     if info.state in (FATAL, BACKOFF):
-        return memory.services[info.name].retry_at is None  # once per failure, not every tick
-    stuck = info.state in ALIVE_STATES and not memory.services[info.name].ready
-    return stuck and info.now - info.start > _startup_budget(info.name, settings)
+        return mem.retry_at is None  # once per failure, not every tick
+    stuck = info.state in ALIVE_STATES and not mem.started and info.pid == mem.pid
+    return stuck and min(info.now - info.start, now - mem.seen_since) > _startup_budget(info.name, settings)
 
 
 def plan_probes(memory: Memory, processes: dict[str, ProcessInfo], now: float, settings: AgentSettings) -> list[ProbeRequest]:
-    """The probes due now: fast startup polling until ready, then periodic liveness/readiness."""
+    """The probes due now: fast startup polling until started, then liveness and readiness on
+    their own periods (readiness fast again while unready, to notice recovery quickly)."""
     requests = []
+    startup_timeout = min(settings.readiness.timeout, 2.0)
     for name in SERVICES:
         info, mem = processes.get(name), memory.services[name]
         if info is None or info.state not in ALIVE_STATES or info.pid != mem.pid or mem.restart_pending:
             continue
-        if not mem.ready:
+        if not mem.started:
             if now >= mem.next_readiness:
-                requests.append(ProbeRequest(name, "readiness", min(settings.readiness.timeout, 2.0)))
+                requests.append(ProbeRequest(name, "readiness", startup_timeout, info.pid))
             continue
         if now >= mem.next_liveness:
-            requests.append(ProbeRequest(name, "liveness", settings.liveness.timeout))
+            requests.append(ProbeRequest(name, "liveness", settings.liveness.timeout, info.pid))
         if now >= mem.next_readiness:
-            requests.append(ProbeRequest(name, "readiness", settings.readiness.timeout))
+            requests.append(ProbeRequest(name, "readiness", settings.readiness.timeout, info.pid))
     if all(memory.services[name].ready for name in SERVICES) and now >= memory.route.next_probe:
-        timeout = settings.readiness.timeout if memory.route.ready else min(settings.readiness.timeout, 2.0)
+        timeout = settings.readiness.timeout if memory.route.ready else startup_timeout
         requests.append(ProbeRequest(ROUTE, "readiness", timeout))
     return requests
 
@@ -182,7 +189,7 @@ def reconcile(memory: Memory, seen: Observation, settings: AgentSettings) -> tup
         info = seen.processes.get(name)
         if info is None:
             continue
-        mem = _follow_process(services[name], info, events, name)
+        mem = _follow_process(services[name], info, events, name, seen.now)
         mem = _apply_probes(mem, name, seen, settings, events)
         dependencies_ready = all(services[dep].ready for dep in DEPENDS_ON[name])
         mem, action = _decide(mem, name, info, seen, settings, dependencies_ready, events)
@@ -198,9 +205,11 @@ def reconcile(memory: Memory, seen: Observation, settings: AgentSettings) -> tup
     return memory, actions, events
 
 
-def _follow_process(mem: ServiceMemory, info: ProcessInfo, events: list[Event], name: str) -> ServiceMemory:
+def _follow_process(mem: ServiceMemory, info: ProcessInfo, events: list[Event], name: str, now: float) -> ServiceMemory:
     """Reset per-process memory when supervisord reports a different process."""
     alive = info.state in ALIVE_STATES and info.pid > 0
+    if alive and info.pid == mem.pid and not mem.seen_since:
+        return replace(mem, seen_since=now)  # adopted from a previous agent
     if alive and info.pid != mem.pid:
         if mem.pid:
             mem = replace(mem, restarts=mem.restarts + 1)
@@ -208,6 +217,8 @@ def _follow_process(mem: ServiceMemory, info: ProcessInfo, events: list[Event], 
         return replace(
             mem,
             pid=info.pid,
+            started=False,
+            seen_since=now,
             ready=False,
             liveness_failures=0,
             readiness_failures=0,
@@ -218,15 +229,15 @@ def _follow_process(mem: ServiceMemory, info: ProcessInfo, events: list[Event], 
         )
     if not alive and mem.pid and info.state not in (STOPPING,):
         # It went away; keep the pid until a new one appears, so the new one counts as a restart.
-        if mem.ready:
+        if mem.started:
             events.append(Event(name, "exited", f"{info.state}, exit status {info.exitstatus}"))
-        return replace(mem, ready=False)
+        return replace(mem, started=False, ready=False)
     return mem
 
 
 def _apply_probes(mem: ServiceMemory, name: str, seen: Observation, settings: AgentSettings, events: list[Event]) -> ServiceMemory:
     for result in seen.probes:
-        if result.target != name:
+        if result.target != name or result.pid != mem.pid:
             continue
         mem = replace(mem, last_probe=result)
         if result.kind == "liveness":
@@ -235,11 +246,12 @@ def _apply_probes(mem: ServiceMemory, name: str, seen: Observation, settings: Ag
             if not result.ok:
                 mem = _with_error(mem, f"liveness probe failed ({failures}/{settings.liveness.failure_threshold}): {result.detail}", seen)
             continue
-        if not mem.ready:  # startup probe: poll fast until the first success
+        if not mem.started:  # the startup probe: poll fast until the first success
             if result.ok:
                 events.append(Event(name, "ready", f"{result.latency * 1000:.0f} ms"))
                 mem = replace(
                     mem,
+                    started=True,
                     ready=True,
                     readiness_failures=0,
                     backoff=0.0,
@@ -249,11 +261,18 @@ def _apply_probes(mem: ServiceMemory, name: str, seen: Observation, settings: Ag
             else:
                 mem = replace(mem, next_readiness=seen.now + settings.startup_period)
             continue
-        failures = 0 if result.ok else mem.readiness_failures + 1
-        mem = replace(mem, readiness_failures=failures, next_readiness=seen.now + settings.readiness.period)
-        if failures >= settings.readiness.failure_threshold:
+        if result.ok:
+            if not mem.ready:
+                events.append(Event(name, "ready", f"again, {result.latency * 1000:.0f} ms"))
+            mem = replace(mem, ready=True, readiness_failures=0, next_readiness=seen.now + settings.readiness.period)
+            continue
+        failures = mem.readiness_failures + 1
+        ready = mem.ready and failures < settings.readiness.failure_threshold
+        if mem.ready and not ready:
             events.append(Event(name, "unready", result.detail))
-            mem = _with_error(replace(mem, ready=False, next_readiness=seen.now + settings.startup_period), f"readiness probe failed: {result.detail}", seen)
+        period = settings.readiness.period if ready else settings.startup_period
+        mem = replace(mem, ready=ready, readiness_failures=failures, next_readiness=seen.now + period)
+        mem = _with_error(mem, f"readiness probe failed ({failures}/{settings.readiness.failure_threshold}): {result.detail}", seen)
     return mem
 
 
@@ -294,21 +313,21 @@ def _decide(
 
     # Alive: starting, ready, unready, or hung.
     mem = replace(mem, retry_at=None)
-    if mem.ready:
+    if mem.started:
         if mem.liveness_failures >= settings.liveness.failure_threshold:
             reason = f"hung: liveness failed {mem.liveness_failures} times in a row"
             events.append(Event(name, "restart", reason))
             return replace(mem, phase=Phase.RESTARTING, restart_pending=True), Restart(name, info.pid, reason)
-        return replace(mem, phase=Phase.READY), None
-    age = info.now - info.start
+        return replace(mem, phase=Phase.READY if mem.ready else Phase.UNREADY), None
     budget = _startup_budget(name, settings)
-    if age > budget and mem.phase is not Phase.UNREADY:
+    # Counted from the process start, or from when this agent first saw it (an adopted process
+    # gets a full budget: a restarted agent must not kill what it has not probed yet).
+    if min(info.now - info.start, seen.now - mem.seen_since) > budget:
         reason = f"not ready {budget:.0f} s after start"
         events.append(Event(name, "restart", reason))
         mem = _with_error(mem, reason, seen, seen.log_tails.get(name, ""))
         return replace(mem, phase=Phase.FAILED, restart_pending=True), Restart(name, info.pid, reason)
-    phase = Phase.UNREADY if mem.phase in (Phase.READY, Phase.UNREADY) else Phase.STARTING
-    return replace(mem, phase=phase), None
+    return replace(mem, phase=Phase.STARTING), None
 
 
 def _retry_fatal(

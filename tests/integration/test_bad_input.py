@@ -110,7 +110,7 @@ def test_missing_database_driver(tmp_path):
     stack = Stack(tmp_path / "state", **PORTS, config='[mlflow]\nbackend_store_uri = "mysql://ml@db.internal/mlflow"\n')
     result = _up(stack)
     assert result.returncode == 1
-    assert "driver MySQLdb is not installed" in result.stderr and "pip install mysqlclient" in result.stderr
+    assert "database driver MySQLdb, which is not installed" in result.stderr and "pip install mysqlclient" in result.stderr
     _nothing_started(stack)
 
 

@@ -1,0 +1,251 @@
+"""The health agent with real processes: ordering, crash, hang, crash loop, adoption, operator
+stop, systemd notifications and metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.stack import Stack, ports
+from tests.support.postgres import Postgres, binaries
+
+pytestmark = pytest.mark.integration
+
+PORTS = ports(17888, 17001, 17181)
+# Fast liveness so a hang is caught in seconds: period 1 s x 3 failures, 1 s timeout.
+CONFIG = """
+[agent.liveness]
+period = 1
+timeout = 1
+failure_threshold = 3
+"""
+LIVENESS_BUDGET = 1 * 3 + 1
+
+
+class NotifyListener:
+    """Stands in for systemd's notification socket and keeps every datagram with its time."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.messages: list[tuple[float, str]] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(self.path)
+        self._socket.settimeout(0.5)
+        self._running = True
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self):
+        while self._running:
+            try:
+                data = self._socket.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:  # closed at teardown
+                return
+            self.messages.append((time.time(), data.decode()))
+
+    def with_prefix(self, prefix: str) -> list[tuple[float, str]]:
+        return [(at, text) for at, text in self.messages if any(line.startswith(prefix) for line in text.splitlines())]
+
+    def close(self):
+        self._running = False
+        self._socket.close()
+
+
+@pytest.fixture(scope="module")
+def notify(tmp_path_factory):
+    listener = NotifyListener(tmp_path_factory.mktemp("notify") / "notify.sock")
+    yield listener
+    listener.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, notify):
+    env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "2000000"}
+    stack = Stack(tmp_path_factory.mktemp("agent") / "state", **PORTS, env=env, config=CONFIG).start()
+    yield stack
+    stack.stop()
+
+
+def _wall(iso: str) -> float:
+    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def _events(status: dict, service: str, kind: str) -> list[float]:
+    return [_wall(e["at"]) for e in status["events"] if e["service"] == service and e["event"] == kind]
+
+
+def _route_works(stack) -> bool:
+    session = stack.session()
+    return all(
+        session.get(stack.url(path), timeout=5).status_code == 200
+        for path in ("mlflow/health", f"proxy/{stack.mlflow_port}/health", "mlflow/api/2.0/mlflow/experiments/search?max_results=1")
+    )
+
+
+def _ready(status: dict) -> bool:
+    return status["overall"] == "ready"
+
+
+def test_jupyter_starts_only_after_mlflow_is_ready(stack):
+    status = stack.status()
+    mlflow_ready = _events(status, "mlflow", "ready")[0]
+    jupyter_start = _events(status, "jupyter", "start")[0]
+    assert mlflow_ready <= jupyter_start
+    # supervisord's own records agree: its process table (whole seconds) and its log (ms).
+    processes = stack.supervisor.processes()
+    assert processes["mlflow"].start <= processes["jupyter"].start
+    assert processes["jupyter"].start >= int(mlflow_ready)
+    spawned = [line for line in (stack.state_dir / "logs" / "supervisord.log").read_text().splitlines() if "spawned: 'jupyter'" in line]
+    spawned_at = time.mktime(time.strptime(spawned[0][:19], "%Y-%m-%d %H:%M:%S")) + int(spawned[0][20:23]) / 1000
+    assert spawned_at >= mlflow_ready - 0.002
+    log = (stack.state_dir / "logs" / "agent.log").read_text()
+    assert log.index("mlflow ready") < log.index("jupyter start")
+
+
+def _kill_and_recover(stack, name: str) -> None:
+    before = stack.status()
+    old_pid, old_restarts = stack.pid(name), before["services"][name]["restarts"]
+    os.kill(old_pid, signal.SIGKILL)
+    stack.wait_for(lambda s: s["overall"] != "ready", timeout=10, interval=0.05, what=f"degraded after kill -9 {name}")
+    after = stack.wait_for(_ready, timeout=120, what=f"ready again after kill -9 {name}")
+    assert after["services"][name]["pid"] not in (0, old_pid)
+    assert after["services"][name]["restarts"] == old_restarts + 1
+    assert _route_works(stack)
+
+
+def test_kill_9_mlflow_then_jupyter_degrades_then_recovers(stack):
+    _kill_and_recover(stack, "mlflow")
+    _kill_and_recover(stack, "jupyter")
+
+
+def test_hung_mlflow_is_restarted_within_the_liveness_budget(stack):
+    stack.wait_for(_ready, timeout=60, what="ready")
+    pid = stack.pid("mlflow")
+    stopped_at = time.time()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status = stack.wait_for(lambda s: s["services"]["mlflow"]["pid"] not in (0, pid), timeout=60, what="a new MLflow process")
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert stack.supervisor.processes()["mlflow"].state in ("STARTING", "RUNNING")
+    restart = [at for at in _events(status, "mlflow", "restart") if at >= stopped_at]
+    assert restart, "the agent did not record the restart"
+    # Generous slack for a loaded machine; benchmarks/ measures the exact figure.
+    assert restart[0] - stopped_at <= LIVENESS_BUDGET + 3
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the hung process (its whole group) is gone
+    stack.wait_for(_ready, timeout=120, what="ready after the hang")
+    assert _route_works(stack)
+
+
+def test_restarted_agent_adopts_running_services(stack):
+    stack.wait_for(_ready, timeout=60, what="ready")
+    pids = {name: stack.pid(name) for name in ("mlflow", "jupyter")}
+    restarts = {name: stack.status()["services"][name]["restarts"] for name in pids}
+    agent = stack.pid("agent")
+    os.kill(agent, signal.SIGKILL)
+    stack.wait_for(lambda s: s.get("agent_pid") not in (None, agent) and _ready(s), timeout=60, what="a new agent reporting ready")
+    time.sleep(3)  # a few agent steps: nothing may be restarted meanwhile
+    assert {name: stack.pid(name) for name in pids} == pids
+    assert {name: stack.status()["services"][name]["restarts"] for name in pids} == restarts
+
+
+def test_operator_stop_is_respected(stack):
+    stack.wait_for(_ready, timeout=60, what="ready")
+    assert stack.mlproxy("ctl", "stop", "mlflow").returncode == 0
+    status = stack.wait_for(lambda s: s["services"]["mlflow"]["stopped_by_operator"], timeout=20, what="operator stop shown")
+    assert status["overall"] == "degraded"
+    assert stack.mlproxy("status").returncode == 1
+    time.sleep(4)  # several agent steps
+    assert stack.supervisor.processes()["mlflow"].state == "STOPPED"
+    assert "stopped by operator" in stack.mlproxy("status").stdout
+    assert stack.mlproxy("ctl", "start", "mlflow").returncode == 0
+    stack.wait_for(_ready, timeout=120, what="ready after the operator started MLflow again")
+
+
+def test_systemd_notifications(stack, notify):
+    stack.wait_for(_ready, timeout=60, what="ready")
+    ready = notify.with_prefix("READY=1")
+    assert ready, notify.messages[:5]
+    # The first READY=1 follows the agent's first "stack-ready" (the route working), not before.
+    log = (stack.state_dir / "logs" / "agent.log").read_text().splitlines()
+    first_ready_event = _wall(next(line for line in log if "route stack-ready" in line).split()[0])
+    assert ready[0][0] >= first_ready_event - 0.5
+    statuses = [text for _, text in notify.with_prefix("STATUS=")]
+    assert any("STATUS=ready" in text for text in statuses)
+    assert any("STATUS=degraded" in text for text in statuses), "the crash tests should have been reported"
+    watchdogs = [at for at, _ in notify.with_prefix("WATCHDOG=1")]
+    assert len(watchdogs) >= 3
+    recent = [at for at in watchdogs if at > time.time() - 10]
+    assert recent, "WATCHDOG=1 must keep coming while the loop is healthy"
+
+
+def test_watchdog_stops_while_supervisord_is_frozen(stack, notify):
+    stack.wait_for(_ready, timeout=60, what="ready")
+    supervisord = stack.supervisor.pid()
+    os.kill(supervisord, signal.SIGSTOP)
+    try:
+        time.sleep(2)  # let pings already in flight land
+        frozen_at = time.time()
+        time.sleep(6)
+        during = [at for at, _ in notify.with_prefix("WATCHDOG=1") if at > frozen_at]
+    finally:
+        os.kill(supervisord, signal.SIGCONT)
+    assert not during, "the agent kept pinging the watchdog while supervisord was frozen"
+    stack.wait_for(_ready, timeout=60, what="ready after supervisord thawed")
+
+
+def test_metrics_parse_as_prometheus_text(stack):
+    stack.wait_for(_ready, timeout=60, what="ready")
+    answer = requests.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5)
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    families = {family.name: family for family in text_string_to_metric_families(answer.text)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("mlproxy_stack_ready", ())] == 1
+    assert samples[("mlproxy_up", (("service", "mlflow"),))] == 1
+    assert samples[("mlproxy_ready", (("service", "jupyter"),))] == 1
+    assert samples[("mlproxy_restarts_total", (("service", "mlflow"),))] >= 1  # the crash and hang tests
+    assert samples[("mlproxy_service_state", (("service", "mlflow"), ("state", "RUNNING")))] == 1
+    assert ("mlproxy_probe_latency_seconds", (("probe", "readiness"), ("service", "route"))) in samples
+    assert families["mlproxy_restarts"].type == "counter"
+
+
+@pytest.mark.skipif(binaries() is None, reason="PostgreSQL is not installed (apt-get install postgresql)")
+def test_crash_loop_is_reported_with_its_cause_and_recovers_when_fixed(tmp_path):
+    postgres = Postgres(tmp_path / "pg", 17432 + PORTS["jupyter_port"] - 17888).init()  # not started yet
+    config = f'[mlflow]\nbackend_store_uri = "{postgres.uri}"\n[agent]\nbackoff_initial = 2\nbackoff_max = 4\n'
+    stack = Stack(tmp_path / "state", **ports(16888, 16001, 16181), config=config).start(wait=False)
+    try:
+        down = stack.wait_for(lambda s: s["services"].get("mlflow", {}).get("state") == "FATAL", timeout=120, what="MLflow FATAL")
+        assert down["overall"] == "down"
+        error = down["services"]["mlflow"]["last_error"]
+        assert "FATAL" in error["message"] and "cannot connect to the backend store" in error["message"]
+        assert "Connection refused" in "\n".join(error["log_tail"]) or "connection" in error["message"].lower()
+        result = stack.mlproxy("status")
+        assert result.returncode == 2 and "cannot connect to the backend store" in result.stdout
+        assert down["services"]["jupyter"]["phase"] == "waiting", "Jupyter must wait for a ready MLflow"
+        postgres.start()  # the cause is fixed; nobody touches the stack
+        stack.wait_ready(timeout=180)
+        name = f"pg-{uuid.uuid4().hex[:6]}"
+        created = stack.session().post(stack.url("mlflow/api/2.0/mlflow/experiments/create"), json={"name": name}, timeout=10)
+        assert created.status_code == 200
+        assert _events(stack.status(), "mlflow", "retry"), "recovery should have come from the agent's retry"
+    finally:
+        stack.stop()
+        try:
+            postgres.stop()
+        except Exception:
+            pass

@@ -1,0 +1,54 @@
+"""A throwaway PostgreSQL server (Debian's binaries) on a port and directory of the test's own."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+
+def binaries() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(found[-1]).parent if found else None
+
+
+class Postgres:
+    """initdb + pg_ctl, trust auth on 127.0.0.1. As root it runs as the `postgres` user."""
+
+    def __init__(self, directory: Path, port: int):
+        self.directory, self.port = Path(directory), port
+        self.bin = binaries()
+        if self.bin is None:
+            raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+        self.user = "postgres" if os.geteuid() == 0 else None
+
+    def _run(self, *argv: str) -> subprocess.CompletedProcess:
+        prefix = ["runuser", "-u", self.user, "--"] if self.user else []
+        return subprocess.run([*prefix, *argv], check=True, capture_output=True, text=True, cwd="/")
+
+    def init(self) -> Postgres:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.user:
+            entry = pwd.getpwnam(self.user)
+            shutil.chown(self.directory, entry.pw_uid, entry.pw_gid)
+            for parent in self.directory.parents:  # the postgres user must reach its directory
+                if str(parent).startswith("/tmp/") and parent != Path("/tmp"):
+                    parent.chmod(parent.stat().st_mode | 0o711)
+        self._run(str(self.bin / "initdb"), "-D", str(self.directory / "data"), "-A", "trust", "-U", "mlproxy")
+        return self
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://mlproxy@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-l", str(self.directory / "postgres.log"),
+            "-o", f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1", "-w", "start",
+        )
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")

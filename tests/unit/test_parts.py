@@ -1,0 +1,155 @@
+"""Small pure pieces: origin matching, supervisord rendering, schema reading, metrics, notify,
+launch environment, token file."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+import stat
+import sys
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mlproxy_supervisor import credentials, launch, schema, supervisord_conf
+from mlproxy_supervisor.agent import metrics
+from mlproxy_supervisor.agent.notify import Notifier
+from mlproxy_supervisor.agent.reconcile import Memory
+from mlproxy_supervisor.config import Settings
+from mlproxy_supervisor.jupyter.proxy import same_origin
+from mlproxy_supervisor.rpc import ProcessInfo
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "same"),
+    [
+        ("http://myvm.example.com:8888", "myvm.example.com:8888", True),
+        ("http://MyVM.example.com:8888", "myvm.example.com:8888", True),
+        ("https://lab.example.com", "lab.example.com", True),
+        ("http://localhost:9999", "localhost:8888", False),  # same site, other origin
+        ("http://evil.example.com", "myvm.example.com:8888", False),
+        ("null", "myvm.example.com:8888", False),
+        ("", "myvm.example.com:8888", False),
+    ],
+)
+def test_same_origin(origin, host, same):
+    assert same_origin(origin, host) is same
+
+
+def settings(tmp_path, **values) -> Settings:
+    return Settings(state_dir=tmp_path, **values)
+
+
+def test_supervisord_programs_render_to_valid_ini_with_the_policies(tmp_path):
+    config = settings(tmp_path)
+    parser = configparser.RawConfigParser()
+    for name in supervisord_conf.PROGRAMS:
+        parser.read_string(supervisord_conf.render_program(name, config))
+    mlflow = parser["program:mlflow"]
+    assert mlflow["command"] == f"{sys.executable} -m mlproxy_supervisor run mlflow"
+    assert mlflow["autostart"] == "false", "the agent starts MLflow, in order"
+    assert (mlflow["stopasgroup"], mlflow["killasgroup"]) == ("true", "true")
+    assert mlflow["stdout_logfile"] == f"{tmp_path}/logs/%(program_name)s.log"
+    assert parser["program:agent"]["autostart"] == "true"
+    # Higher priority numbers stop first: agent, then Jupyter, then MLflow.
+    priorities = {name: int(parser[f"program:{name}"]["priority"]) for name in supervisord_conf.PROGRAMS}
+    assert priorities["agent"] > priorities["jupyter"] > priorities["mlflow"]
+
+
+def test_container_mode_logs_to_stdout(tmp_path):
+    config = settings(tmp_path, log_target="stdout")
+    text = supervisord_conf.render_program("jupyter", config)
+    assert "stdout_logfile=/dev/stdout" in text and "stdout_logfile_maxbytes=0" in text
+    assert "logfile=/dev/stdout" in supervisord_conf.render_main(config, tmp_path)
+
+
+def test_main_config_has_only_a_private_unix_socket(tmp_path):
+    text = supervisord_conf.render_main(settings(tmp_path), tmp_path / "programs")
+    parser = configparser.RawConfigParser()
+    parser.read_string(text)
+    assert parser["unix_http_server"]["chmod"] == "0700"
+    assert not parser.has_section("inet_http_server")
+
+
+def test_percent_signs_in_paths_are_escaped(tmp_path):
+    odd = tmp_path / "100%"
+    text = supervisord_conf.render_program("mlflow", settings(odd))
+    assert "100%%" in text
+
+
+def test_mlflow_launch_keeps_secrets_out_of_argv(tmp_path):
+    config = Settings(state_dir=tmp_path, mlflow={"backend_store_uri": "postgresql://ml:s3cret@db/mlflow"})
+    argv, env = launch.mlflow_command(config)
+    assert not any("s3cret" in arg for arg in argv)
+    assert env[launch.MLFLOW_SERVER_ENV["backend_store"]].endswith("s3cret@db/mlflow")
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+
+
+def test_mlflow_server_variables_match_the_installed_mlflow():
+    """The names `mlflow server` uses to hand its configuration to uvicorn; a drift here would
+    silently start MLflow on its defaults."""
+    from mlflow import environment_variables as variables
+    from mlflow.server import constants
+
+    expected = {
+        "backend_store": constants.BACKEND_STORE_URI_ENV_VAR,
+        "registry_store": constants.REGISTRY_STORE_URI_ENV_VAR,
+        "artifact_root": constants.ARTIFACT_ROOT_ENV_VAR,
+        "serve_artifacts": constants.SERVE_ARTIFACTS_ENV_VAR,
+        "artifacts_destination": constants.ARTIFACTS_DESTINATION_ENV_VAR,
+        "sgi_name": variables._MLFLOW_SGI_NAME.name,
+        "boot_id": variables._MLFLOW_SERVER_BOOT_ID.name,
+        "in_job_executor": variables._MLFLOW_IN_JOB_EXECUTOR.name,
+    }
+    assert launch.MLFLOW_SERVER_ENV == expected
+
+
+def test_jupyter_launch_reads_the_token_from_a_file(tmp_path):
+    argv, env = launch.jupyter_command(settings(tmp_path))
+    assert env["JUPYTER_TOKEN_FILE"] == str(tmp_path / "run" / "jupyter_token")
+    assert "--ServerApp.port_retries=0" in argv
+    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5001"
+
+
+def test_expected_schema_revision_matches_mlflows_own():
+    from alembic.script import ScriptDirectory
+    import mlflow.store
+
+    directory = os.path.join(os.path.dirname(mlflow.store.__file__), "db_migrations")
+    head, known = schema._migration_revisions()
+    assert head == ScriptDirectory(directory).get_current_head()
+    assert len(known) > 50
+
+
+def test_metrics_render_parses(tmp_path):
+    processes = {"mlflow": ProcessInfo("mlflow", "RUNNING", 1, 1.0, 0.0, 2.0, 0, "")}
+    text = metrics.render(Memory(), processes)
+    families = {family.name for family in text_string_to_metric_families(text)}
+    assert {"mlproxy_up", "mlproxy_ready", "mlproxy_restarts", "mlproxy_stack_ready", "mlproxy_service_state"} <= families
+
+
+def test_notifier_sends_datagrams_and_watchdog_interval(tmp_path):
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(path)
+        notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"})
+        assert notifier.watchdog_interval == 5.0
+        notifier.ready("ready: all good")
+        notifier.status("ready: all good")  # unchanged: not sent again
+        notifier.status("degraded: mlflow starting")
+        notifier.watchdog()
+        messages = [receiver.recv(1024).decode() for _ in range(3)]
+    assert messages == ["READY=1\nSTATUS=ready: all good", "STATUS=degraded: mlflow starting", "WATCHDOG=1"]
+    assert not Notifier({}).enabled
+
+
+def test_token_file_is_created_private_and_reused(tmp_path):
+    path = tmp_path / "token"
+    token = credentials.ensure_token(path)
+    assert len(token) >= 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == token, "no trailing newline: Jupyter reads the file verbatim"
+    assert credentials.ensure_token(path) == token
+    assert credentials.ensure_token(path, "a-provided-token-1234") == "a-provided-token-1234"
+    with pytest.raises(credentials.CredentialError, match="too short"):
+        credentials.ensure_token(path, "short")

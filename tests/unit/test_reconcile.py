@@ -1,0 +1,225 @@
+"""The agent's decisions, driven by tables of situations (no processes)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from mlproxy_supervisor.agent.reconcile import (
+    Memory,
+    Observation,
+    Overall,
+    Phase,
+    ProbeRequest,
+    ProbeResult,
+    Restart,
+    ServiceMemory,
+    Start,
+    plan_probes,
+    reconcile,
+    wants_log_tail,
+)
+from mlproxy_supervisor.config import AgentSettings
+from mlproxy_supervisor.rpc import ProcessInfo
+
+SETTINGS = AgentSettings()
+NOW = 1000.0
+
+
+def proc(name: str, state: str = "RUNNING", pid: int = 0, start: float = 990.0, now: float = NOW) -> ProcessInfo:
+    pids = {"mlflow": 101, "jupyter": 202}
+    alive = state in ("STARTING", "RUNNING", "STOPPING")
+    return ProcessInfo(name, state, pid or (pids[name] if alive else 0), start, 0.0, now, 0, "")
+
+
+def never_started(name: str) -> ProcessInfo:
+    return ProcessInfo(name, "STOPPED", 0, 0.0, 0.0, NOW, 0, "")
+
+
+def seen(*processes: ProcessInfo, probes=(), tails=None, now=NOW, supervisor="RUNNING") -> Observation:
+    return Observation(now, supervisor, {p.name: p for p in processes}, tuple(probes), tails or {}, now)
+
+
+def ok(target: str, kind: str = "readiness", pid: int = 0, good: bool = True) -> ProbeResult:
+    pids = {"mlflow": 101, "jupyter": 202, "route": 0}
+    return ProbeResult(target, kind, good, 0.01, NOW, "" if good else "refused", pid or pids[target])
+
+
+def ready_memory() -> Memory:
+    services = {
+        "mlflow": ServiceMemory(phase=Phase.READY, pid=101, started=True, ready=True, seen_since=1.0, next_liveness=NOW + 2, next_readiness=NOW + 2),
+        "jupyter": ServiceMemory(phase=Phase.READY, pid=202, started=True, ready=True, seen_since=1.0, next_liveness=NOW + 2, next_readiness=NOW + 2),
+    }
+    return replace(Memory(), services=services, ever_ready=True, route=replace(Memory().route, ready=True, next_probe=NOW + 2))
+
+
+def test_fresh_stack_starts_mlflow_first_and_jupyter_waits():
+    memory, actions, _ = reconcile(Memory(), seen(never_started("mlflow"), never_started("jupyter")), SETTINGS)
+    assert actions == [Start("mlflow", "dependencies ready")]
+    assert memory.services["jupyter"].phase is Phase.WAITING
+    assert memory.overall is Overall.STARTING
+
+
+def test_jupyter_starts_in_the_step_mlflow_becomes_ready():
+    memory, _, _ = reconcile(Memory(), seen(proc("mlflow", "STARTING"), never_started("jupyter")), SETTINGS)
+    assert memory.services["mlflow"].phase is Phase.STARTING
+    memory, actions, events = reconcile(memory, seen(proc("mlflow", "STARTING"), never_started("jupyter"), probes=[ok("mlflow")]), SETTINGS)
+    assert actions == [Start("jupyter", "dependencies ready")]
+    assert [(e.service, e.kind) for e in events] == [("mlflow", "ready"), ("jupyter", "start")]
+
+
+def test_a_failed_startup_probe_starts_nothing_that_depends_on_it():
+    memory, _, _ = reconcile(Memory(), seen(proc("mlflow", "STARTING"), never_started("jupyter")), SETTINGS)
+    memory, actions, _ = reconcile(memory, seen(proc("mlflow", "STARTING"), never_started("jupyter"), probes=[ok("mlflow", good=False)]), SETTINGS)
+    assert actions == []
+    assert not memory.services["mlflow"].started
+
+
+def test_stack_is_ready_only_once_the_route_works():
+    memory = replace(ready_memory(), route=Memory().route, ever_ready=False)
+    memory, _, _ = reconcile(memory, seen(proc("mlflow"), proc("jupyter")), SETTINGS)
+    assert memory.overall is Overall.STARTING
+    memory, _, events = reconcile(memory, seen(proc("mlflow"), proc("jupyter"), probes=[ok("route")]), SETTINGS)
+    assert memory.overall is Overall.READY
+    assert ("route", "stack-ready") in [(e.service, e.kind) for e in events]
+
+
+def test_crash_restarted_by_supervisord_is_followed_and_counted():
+    memory = ready_memory()
+    memory, actions, _ = reconcile(memory, seen(proc("mlflow", "BACKOFF"), proc("jupyter")), SETTINGS)
+    assert actions == []  # supervisord is retrying; nothing to add
+    assert memory.overall is Overall.DEGRADED
+    assert memory.services["jupyter"].phase is Phase.READY, "a dependency going down never stops Jupyter"
+    memory, _, _ = reconcile(memory, seen(proc("mlflow", "STARTING", pid=303), proc("jupyter")), SETTINGS)
+    assert memory.services["mlflow"].restarts == 1 and memory.services["mlflow"].pid == 303
+    assert memory.services["mlflow"].phase is Phase.STARTING
+
+
+def test_hang_is_restarted_after_threshold_liveness_failures():
+    memory = ready_memory()
+    for attempt in range(1, SETTINGS.liveness.failure_threshold + 1):
+        memory, actions, _ = reconcile(memory, seen(proc("mlflow"), proc("jupyter"), probes=[ok("mlflow", "liveness", good=False)]), SETTINGS)
+        if attempt < SETTINGS.liveness.failure_threshold:
+            assert actions == []
+    assert actions == [Restart("mlflow", 101, "hung: liveness failed 3 times in a row")]
+    assert memory.services["mlflow"].restart_pending
+
+
+def test_restart_completes_when_supervisord_reports_the_stop():
+    memory = replace(ready_memory(), services={**ready_memory().services, "mlflow": replace(ready_memory().services["mlflow"], restart_pending=True)})
+    stopped = ProcessInfo("mlflow", "STOPPED", 0, 990.0, 999.0, NOW, 0, "")
+    _, actions, _ = reconcile(memory, seen(stopped, proc("jupyter")), SETTINGS)
+    assert actions == [Start("mlflow", "restart")]
+
+
+def test_liveness_keeps_running_while_readiness_fails():
+    memory = ready_memory()
+    for _ in range(SETTINGS.readiness.failure_threshold):
+        memory, actions, _ = reconcile(memory, seen(proc("mlflow"), proc("jupyter"), probes=[ok("mlflow", good=False)]), SETTINGS)
+    assert memory.services["mlflow"].phase is Phase.UNREADY and actions == []
+    planned = plan_probes(memory, {"mlflow": proc("mlflow"), "jupyter": proc("jupyter")}, NOW + 5, SETTINGS)
+    assert ProbeRequest("mlflow", "liveness", SETTINGS.liveness.timeout, 101) in planned
+
+
+def test_unready_recovers_without_a_restart():
+    memory = ready_memory()
+    for _ in range(SETTINGS.readiness.failure_threshold):
+        memory, _, _ = reconcile(memory, seen(proc("mlflow"), proc("jupyter"), probes=[ok("mlflow", good=False)]), SETTINGS)
+    memory, actions, events = reconcile(memory, seen(proc("mlflow"), proc("jupyter"), probes=[ok("mlflow")]), SETTINGS)
+    assert memory.services["mlflow"].phase is Phase.READY and actions == []
+    assert ("mlflow", "ready") in [(e.service, e.kind) for e in events]
+
+
+def test_fatal_is_retried_with_capped_exponential_backoff():
+    fatal = ProcessInfo("mlflow", "FATAL", 0, 990.0, 995.0, NOW, 3, "")
+    memory = Memory()
+    delays = []
+    now = NOW
+    for _ in range(6):
+        memory, actions, _ = reconcile(memory, seen(fatal, never_started("jupyter"), tails={"mlflow": "boom\ncannot connect"}, now=now), SETTINGS)
+        assert actions == [] and memory.overall is Overall.DOWN
+        delay = memory.services["mlflow"].retry_at - now
+        delays.append(delay)
+        assert "cannot connect" in memory.services["mlflow"].last_error
+        memory, actions, _ = reconcile(memory, seen(fatal, never_started("jupyter"), now=now + delay), SETTINGS)
+        assert actions == [Start("mlflow", "retry after FATAL")]
+        now += delay
+    assert delays == [2, 4, 8, 16, 32, 60]
+
+
+def test_backoff_resets_once_the_service_is_ready():
+    memory = replace(Memory(), services={**Memory().services, "mlflow": ServiceMemory(backoff=32.0)})
+    memory, _, _ = reconcile(memory, seen(proc("mlflow", "STARTING"), never_started("jupyter")), SETTINGS)
+    memory, _, _ = reconcile(memory, seen(proc("mlflow", "STARTING"), never_started("jupyter"), probes=[ok("mlflow")]), SETTINGS)
+    assert memory.services["mlflow"].backoff == 0
+
+
+def test_operator_stop_is_respected_and_shown():
+    memory = ready_memory()
+    stopped = ProcessInfo("mlflow", "STOPPED", 0, 990.0, 999.0, NOW, 0, "")
+    for _ in range(3):
+        memory, actions, _ = reconcile(memory, seen(stopped, proc("jupyter")), SETTINGS)
+        assert actions == []
+    assert memory.services["mlflow"].phase is Phase.STOPPED and memory.services["mlflow"].operator_stopped
+    assert memory.overall is Overall.DEGRADED
+    memory, _, _ = reconcile(memory, seen(proc("mlflow", "STARTING", pid=404), proc("jupyter")), SETTINGS)
+    assert not memory.services["mlflow"].operator_stopped
+
+
+def test_startup_budget_restarts_a_process_that_never_gets_ready():
+    memory, _, _ = reconcile(Memory(), seen(proc("mlflow", "RUNNING", start=NOW - 10), never_started("jupyter"), now=NOW - 10), SETTINGS)
+    later = NOW - 10 + SETTINGS.mlflow_startup_budget + 1
+    memory, actions, _ = reconcile(memory, seen(proc("mlflow", "RUNNING", start=NOW - 10, now=later), never_started("jupyter"), now=later), SETTINGS)
+    assert actions and isinstance(actions[0], Restart)
+    assert memory.services["mlflow"].phase is Phase.FAILED and memory.overall is Overall.DOWN
+
+
+def test_adopted_old_process_gets_a_full_startup_budget():
+    """A restarted agent must probe before judging: a long-running process is not 'late'."""
+    memory = replace(Memory(), services={**Memory().services, "mlflow": ServiceMemory(pid=101)})
+    old = proc("mlflow", "RUNNING", start=NOW - 86400)
+    memory, actions, _ = reconcile(memory, seen(old, proc("jupyter")), SETTINGS)
+    assert actions == []
+    assert memory.services["mlflow"].restarts == 0
+    memory, actions, _ = reconcile(memory, seen(old, proc("jupyter"), probes=[ok("mlflow")]), SETTINGS)
+    assert actions == [] and memory.services["mlflow"].phase is Phase.READY
+
+
+def test_nothing_is_done_while_supervisord_shuts_down_or_is_unreachable():
+    memory = ready_memory()
+    _, actions, _ = reconcile(memory, seen(proc("mlflow", "STOPPED"), proc("jupyter", "STOPPED"), supervisor="SHUTDOWN"), SETTINGS)
+    assert actions == []
+    memory, actions, events = reconcile(memory, seen(supervisor=None), SETTINGS)
+    assert actions == [] and memory.overall is Overall.DOWN
+    assert [(e.service, e.kind) for e in events] == [("supervisord", "unavailable")]
+
+
+def test_late_probe_answers_about_an_old_process_are_ignored():
+    memory = ready_memory()
+    memory, _, _ = reconcile(memory, seen(proc("mlflow", "STARTING", pid=505), proc("jupyter")), SETTINGS)
+    memory, _, _ = reconcile(memory, seen(proc("mlflow", "STARTING", pid=505), proc("jupyter"), probes=[ok("mlflow", pid=101)]), SETTINGS)
+    assert not memory.services["mlflow"].started
+
+
+@pytest.mark.parametrize(
+    ("state", "wanted"),
+    [("FATAL", True), ("BACKOFF", True), ("RUNNING", False), ("STOPPED", False)],
+)
+def test_log_tails_are_fetched_only_to_explain_a_failure(state, wanted):
+    info = ProcessInfo("mlflow", state, 101 if state == "RUNNING" else 0, 990.0, 0.0, NOW, 1, "")
+    assert wants_log_tail(Memory(), info, NOW, SETTINGS) is wanted
+
+
+def test_probes_poll_fast_until_started_then_follow_their_periods():
+    memory, _, _ = reconcile(Memory(), seen(proc("mlflow", "STARTING"), never_started("jupyter")), SETTINGS)
+    processes = {"mlflow": proc("mlflow", "STARTING"), "jupyter": never_started("jupyter")}
+    assert [(r.target, r.kind) for r in plan_probes(memory, processes, NOW, SETTINGS)] == [("mlflow", "readiness")]
+    memory, _, _ = reconcile(memory, seen(*processes.values(), probes=[ok("mlflow", good=False)]), SETTINGS)
+    assert plan_probes(memory, processes, NOW + SETTINGS.startup_period / 2, SETTINGS) == []
+    assert plan_probes(memory, processes, NOW + SETTINGS.startup_period, SETTINGS)
+    memory = ready_memory()
+    both = {"mlflow": proc("mlflow"), "jupyter": proc("jupyter")}
+    assert plan_probes(memory, both, NOW + 1, SETTINGS) == []
+    due = {(r.target, r.kind) for r in plan_probes(memory, both, NOW + 2, SETTINGS)}
+    assert due == {("mlflow", "liveness"), ("mlflow", "readiness"), ("jupyter", "liveness"), ("jupyter", "readiness"), ("route", "readiness")}
