@@ -69,6 +69,8 @@ def stack_idle(stack: Mlproxy, settle: float, window: float) -> dict:
     trees = {
         "stack": procs.descendants(stack.process.pid),  # `mlproxy up`, supervisord, agent, MLflow, Jupyter
         "agent": [agent_pid],
+        "up": [stack.process.pid],
+        "supervisord": [pid for pid in procs.descendants(stack.process.pid) if "supervisor.supervisord" in procs.cmdline(pid)],
         "mlflow": procs.descendants(processes["mlflow"].pid),
         "jupyter": procs.descendants(processes["jupyter"].pid),
     }

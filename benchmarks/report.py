@@ -120,6 +120,10 @@ def summarize(results: dict) -> dict:
             "stack_jupyter": idle["stack"]["jupyter"]["memory_median"],
             "mlflow_defaults": defaults["memory_median"],
             "stack_cpu_percent": idle["stack"]["stack"]["cpu_percent_of_core"],
+            "stack_cpu_by_process": {
+                name: idle["stack"][name]["cpu_percent_of_core"]
+                for name in ("agent", "mlflow", "jupyter", "supervisord", "up") if name in idle["stack"]
+            },
             "mlflow_defaults_cpu_percent": defaults["cpu_percent_of_core"],
         }
     return summary
@@ -214,9 +218,10 @@ def markdown(results: dict, summary: dict) -> str:
             diff = f"{v['pss_mb'] - d['pss_mb']:+.0f} MB (×{v['pss_mb'] / d['pss_mb']:.2f})" if key != "stack_jupyter" else ""
             base = f"`mlflow server` defaults: {d['pss_mb']:.0f} MB, {d['processes']} processes" if key != "stack_jupyter" else ""
             lines.append(f"| {label} | {v['pss_mb']:.0f} MB, {v['processes']} processes | {base} | {diff} | (informative) | |")
+        by_process = ", ".join(f"{name} {value:.2f}" for name, value in mem["stack_cpu_by_process"].items())
         lines.append(
             f"| Idle CPU, whole stack | {mem['stack_cpu_percent']:.2f} % of a core | `mlflow server` defaults: "
-            f"{mem['mlflow_defaults_cpu_percent']:.2f} % | | (informative) | |"
+            f"{mem['mlflow_defaults_cpu_percent']:.2f} % | by process: {by_process} | (informative) | |"
         )
     launch = summary.get("mlflow_launch")
     if launch and launch["cli_ready"].get("n"):
