@@ -92,7 +92,7 @@ class Prober:
             problem = _get(check, token, request.timeout)
             if problem:
                 break
-        return ProbeResult(request.target, request.kind, problem is None, time.monotonic() - started, wall, problem or "", request.pid)
+        return ProbeResult(request.target, request.kind, problem is None, time.monotonic() - started, wall, problem or "", request.pid, started)
 
     def submit(self, requests: list[ProbeRequest]) -> None:
         """Start the probes not already running (one per target and kind at a time)."""

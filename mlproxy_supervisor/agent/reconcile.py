@@ -53,6 +53,7 @@ class ProbeResult:
     at: float  # wall-clock time
     detail: str = ""
     pid: int = 0
+    started: float = 0.0  # monotonic time the probe began (0: unknown, count from when it was seen)
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ def _apply_probes(mem: ServiceMemory, name: str, seen: Observation, settings: Ag
         mem = replace(mem, last_probe=result)
         if result.kind == "liveness":
             failures = 0 if result.ok else mem.liveness_failures + 1
-            mem = replace(mem, liveness_failures=failures, next_liveness=seen.now + settings.liveness.period)
+            mem = replace(mem, liveness_failures=failures, next_liveness=_next_due(result, seen, settings.liveness.period))
             if not result.ok:
                 mem = _with_error(mem, f"liveness probe failed ({failures}/{settings.liveness.failure_threshold}): {result.detail}", seen)
             continue
@@ -264,16 +265,25 @@ def _apply_probes(mem: ServiceMemory, name: str, seen: Observation, settings: Ag
         if result.ok:
             if not mem.ready:
                 events.append(Event(name, "ready", f"again, {result.latency * 1000:.0f} ms"))
-            mem = replace(mem, ready=True, readiness_failures=0, next_readiness=seen.now + settings.readiness.period)
+            mem = replace(mem, ready=True, readiness_failures=0, next_readiness=_next_due(result, seen, settings.readiness.period))
             continue
         failures = mem.readiness_failures + 1
         ready = mem.ready and failures < settings.readiness.failure_threshold
         if mem.ready and not ready:
             events.append(Event(name, "unready", result.detail))
         period = settings.readiness.period if ready else settings.startup_period
-        mem = replace(mem, ready=ready, readiness_failures=failures, next_readiness=seen.now + period)
+        mem = replace(mem, ready=ready, readiness_failures=failures, next_readiness=_next_due(result, seen, period))
         mem = _with_error(mem, f"readiness probe failed ({failures}/{settings.readiness.failure_threshold}): {result.detail}", seen)
     return mem
+
+
+def _next_due(result: ProbeResult, seen: Observation, period: float) -> float:
+    """When the next probe of this kind is due: one period after this one began, as Kubernetes
+    counts periodSeconds. Counting from its answer instead would stretch every cycle by the
+    probe's duration: with liveness timing out, 3 failures took 3 x (timeout + period) + up to a
+    period (10-12 s with the defaults), not the period x failure_threshold + timeout (8 s) the
+    configuration promises."""
+    return (result.started or seen.now) + period
 
 
 def _with_error(mem: ServiceMemory, message: str, seen: Observation, tail: str = "") -> ServiceMemory:
@@ -365,12 +375,12 @@ def _apply_route_probe(
         if result.ok:
             if not route.ready:
                 events.append(Event(ROUTE, "ready", f"{result.latency * 1000:.0f} ms"))
-            route = replace(route, ready=True, failures=0, last_probe=result, next_probe=seen.now + settings.readiness.period)
+            route = replace(route, ready=True, failures=0, last_probe=result, next_probe=_next_due(result, seen, settings.readiness.period))
             continue
         failures = route.failures + 1
         still_ready = route.ready and failures < settings.readiness.failure_threshold
         if route.ready and not still_ready:
             events.append(Event(ROUTE, "unready", result.detail))
         period = settings.readiness.period if still_ready else settings.startup_period
-        route = replace(route, ready=still_ready, failures=failures, last_probe=result, last_error=result.detail, next_probe=seen.now + period)
+        route = replace(route, ready=still_ready, failures=failures, last_probe=result, last_error=result.detail, next_probe=_next_due(result, seen, period))
     return route

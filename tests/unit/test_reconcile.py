@@ -223,3 +223,42 @@ def test_probes_poll_fast_until_started_then_follow_their_periods():
     assert plan_probes(memory, both, NOW + 1, SETTINGS) == []
     due = {(r.target, r.kind) for r in plan_probes(memory, both, NOW + 2, SETTINGS)}
     assert due == {("mlflow", "liveness"), ("mlflow", "readiness"), ("jupyter", "liveness"), ("jupyter", "readiness"), ("route", "readiness")}
+
+
+def _time_to_restart_a_hang(settings: AgentSettings = SETTINGS, tick: float = 0.05) -> float:
+    """Drive plan_probes and reconcile through a hang of MLflow that begins just after a
+    successful liveness probe started (the worst case): every MLflow probe waits for its timeout.
+    Returns the seconds from the hang to the Restart action."""
+    memory = replace(ready_memory(), services={**ready_memory().services, "mlflow": replace(ready_memory().services["mlflow"], next_liveness=NOW + settings.liveness.period)})
+    in_flight: dict[tuple[str, str], tuple[ProbeRequest, float]] = {}
+    now = NOW
+    while now < NOW + 60:
+        answered = [(request, began) for request, began in in_flight.values() if now >= began + request.timeout]
+        results = [ProbeResult(r.target, r.kind, False, r.timeout, began, "no answer", r.pid, began) for r, began in answered]
+        for request, _ in answered:
+            del in_flight[(request.target, request.kind)]
+        processes = (proc("mlflow", now=now), proc("jupyter", now=now))
+        memory, actions, _ = reconcile(memory, seen(*processes, probes=results, now=now), settings)
+        if any(isinstance(action, Restart) for action in actions):
+            return now - NOW
+        for request in plan_probes(memory, {p.name: p for p in processes}, now, settings):
+            if request.target == "mlflow":  # the others answer at once and do not matter here
+                in_flight.setdefault((request.target, request.kind), (request, now))
+        now = round(now + tick, 6)
+    raise AssertionError("the hang was never restarted")
+
+
+def test_a_hang_is_restarted_within_the_liveness_budget():
+    # Kubernetes' promise for these settings: failure_threshold probes, one every period,
+    # the last one failing after its timeout. The loop's tick may add one tick.
+    liveness = SETTINGS.liveness
+    budget = liveness.period * liveness.failure_threshold + liveness.timeout
+    assert _time_to_restart_a_hang() <= budget + 0.05
+
+
+def test_probe_periods_count_from_the_probe_start_not_its_answer():
+    memory = ready_memory()
+    began = NOW - SETTINGS.liveness.timeout  # a probe that waited for its whole timeout
+    failed = ProbeResult("mlflow", "liveness", False, SETTINGS.liveness.timeout, began, "no answer", 101, began)
+    memory, _, _ = reconcile(memory, seen(proc("mlflow"), proc("jupyter"), probes=[failed]), SETTINGS)
+    assert memory.services["mlflow"].next_liveness == began + SETTINGS.liveness.period
