@@ -134,7 +134,7 @@ class Agent:
         document = report.status_document(memory, processes, self.settings, self.events, self.supervisor_pid, time.time())
         for name in SERVICES:
             document["services"][name]["restart_pending"] = memory.services[name].restart_pending
-        comparable = {k: v for k, v in document.items() if k != "updated"}
+        comparable = report.news(document)
         if comparable != self.last_document or now - self.last_write >= STATUS_REFRESH:
             report.write_atomically(self.settings.status_file, document)
             self.last_document, self.last_write = comparable, now

@@ -8,14 +8,15 @@ import os
 import socket
 import stat
 import sys
+from dataclasses import replace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlproxy_supervisor import credentials, launch, schema, supervisord_conf
-from mlproxy_supervisor.agent import metrics
+from mlproxy_supervisor.agent import metrics, report
 from mlproxy_supervisor.agent.notify import Notifier
-from mlproxy_supervisor.agent.reconcile import Memory
+from mlproxy_supervisor.agent.reconcile import Memory, Phase, ProbeResult
 from mlproxy_supervisor.config import Settings
 from mlproxy_supervisor.jupyter.proxy import same_origin
 from mlproxy_supervisor.rpc import ProcessInfo
@@ -127,6 +128,20 @@ def test_metrics_render_parses(tmp_path):
     text = metrics.render(Memory(), processes)
     families = {family.name for family in text_string_to_metric_families(text)}
     assert {"mlproxy_up", "mlproxy_ready", "mlproxy_restarts", "mlproxy_stack_ready", "mlproxy_service_state"} <= families
+
+
+def test_status_news_ignores_the_clock_but_not_a_change(tmp_path):
+    settings = Settings(state_dir=tmp_path)
+
+    def document(now: float, latency: float, phase: Phase = Phase.READY, kind: str = "liveness") -> dict:
+        probe = ProbeResult("mlflow", kind, True, latency, now, "", 1)
+        services = {**Memory().services, "mlflow": replace(Memory().services["mlflow"], phase=phase, pid=1, last_probe=probe)}
+        processes = {"mlflow": ProcessInfo("mlflow", "RUNNING", 1, 1.0, 0.0, now, 0, "")}
+        return report.status_document(replace(Memory(), services=services), processes, settings, report.EventLog(), 7, now)
+
+    # Seconds later only uptimes, timestamps and latencies differ: nothing worth a write at once.
+    assert report.news(document(100.0, 0.001)) == report.news(document(103.5, 0.004, kind="readiness"))
+    assert report.news(document(100.0, 0.001)) != report.news(document(100.0, 0.001, Phase.UNREADY))
 
 
 def test_notifier_sends_datagrams_and_watchdog_interval(tmp_path):
