@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import stat
+import time
 import uuid
 
 import pytest
@@ -66,3 +67,26 @@ def test_ctrl_c_stops_everything(stack):
     stack.process.send_signal(signal.SIGINT)
     _stopped_cleanly(stack, stack.process.wait(60))
     stack.start()  # leave it running for the module's teardown
+
+
+def _log_time(line: str) -> float:
+    stamp, millis = line[:23].split(",")
+    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+
+
+def test_agent_starts_without_waiting_for_supervisords_first_poll(tmp_path):
+    # supervisord spawns autostart programs after its first poll, which waits a full second
+    # unless a request wakes it; `up` asks for the agent at once. Nothing here touches the
+    # socket (`mlproxy status` would wake supervisord and hide the delay).
+    stack = Stack(tmp_path / "state", **ports(18878, 15011, 19171)).start(wait=False)
+    log = stack.state_dir / "logs" / "supervisord.log"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "spawned: 'agent'" not in (log.read_text() if log.exists() else ""):
+            time.sleep(0.05)
+    finally:
+        assert stack.stop() == 0
+    lines = log.read_text().splitlines()
+    started = next(line for line in lines if "supervisord started with pid" in line)
+    spawned = next(line for line in lines if "spawned: 'agent'" in line)
+    assert _log_time(spawned) - _log_time(started) < 0.9, "\n".join(lines)
