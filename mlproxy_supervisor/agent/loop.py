@@ -21,7 +21,7 @@ from .notify import Notifier
 from .probes import Prober
 from .reconcile import SERVICES, Memory, Observation, Overall, Restart, Start
 
-IDLE_TICK = 0.5  # seconds between looks at supervisord when nothing is starting
+IDLE_TICK = 1.0  # seconds between looks at supervisord when nothing is starting (probes wake it too)
 STATUS_REFRESH = 2.0  # rewrite the status document at least this often (freshness for readers)
 KILL_WAIT = 3.0  # seconds to wait for supervisord to reap a killed process group
 
