@@ -72,6 +72,8 @@ def check_dependencies(settings: Settings) -> list[Problem]:
 def _database_driver(uri: str) -> str | None:
     """The DBAPI driver SQLAlchemy will load for this URI (postgresql:// means psycopg 3 on
     SQLAlchemy 2.1, psycopg2 before), without importing it."""
+    if uri.startswith("sqlite:"):
+        return None  # Python's own sqlite3; importing SQLAlchemy to say so costs `up` 0.12 s
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 

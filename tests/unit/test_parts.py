@@ -7,6 +7,7 @@ import configparser
 import os
 import socket
 import stat
+import subprocess
 import sys
 from dataclasses import replace
 
@@ -168,3 +169,14 @@ def test_token_file_is_created_private_and_reused(tmp_path):
     assert credentials.ensure_token(path, "a-provided-token-1234") == "a-provided-token-1234"
     with pytest.raises(credentials.CredentialError, match="too short"):
         credentials.ensure_token(path, "short")
+
+
+def test_preflight_of_a_sqlite_store_does_not_import_sqlalchemy(tmp_path):
+    # `mlproxy up` runs the preflight before anything starts: every import there delays READY.
+    code = (
+        "import sys; from mlproxy_supervisor import preflight; from mlproxy_supervisor.config import Settings; "
+        f"assert not preflight.check_dependencies(Settings(state_dir={str(tmp_path)!r})); "
+        "assert 'sqlalchemy' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
