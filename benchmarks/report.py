@@ -27,6 +27,10 @@ def _fmt(s: dict, unit: str = "s", digits: int = 2) -> str:
     return f"{s['median']:.{digits}f} {unit} ({s['min']:.{digits}f}–{s['max']:.{digits}f}, n={s['n']})"
 
 
+def _processes(count: int) -> str:
+    return f"{count} process" + ("" if count == 1 else "es")
+
+
 def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "**MISS**")
 
@@ -109,6 +113,7 @@ def summarize(results: dict) -> dict:
             "rss_mb": rss,
             "cpu_percent": cpu,
             "cpu_percent_subwindows": stats(stack["agent"]["cpu_percent_subwindows"]),
+            "others_busy": stack.get("others_busy"),
             "pass_rss": rss["max"] <= AGENT_RSS_MB,
             "pass_cpu": cpu <= AGENT_CPU_PERCENT,
         }
@@ -206,8 +211,9 @@ def markdown(results: dict, summary: dict) -> str:
     a = summary.get("agent_idle")
     if a:
         lines.append(f"| Agent RSS at idle | {_fmt(a['rss_mb'], 'MB', 1)} | | | ≤ {AGENT_RSS_MB:g} MB (max) | {_verdict(a['pass_rss'])} |")
+        others = f"; other users took {a['others_busy']:.0%} of the CPUs meanwhile" if a.get("others_busy") is not None else ""
         lines.append(
-            f"| Agent CPU at idle (whole window) | {a['cpu_percent']:.2f} % of a core | | sub-windows: {_fmt(a['cpu_percent_subwindows'], '%')} "
+            f"| Agent CPU at idle (60 s window) | {a['cpu_percent']:.2f} % of a core | | 10 s parts: {_fmt(a['cpu_percent_subwindows'], '%')}{others} "
             f"| ≤ {AGENT_CPU_PERCENT:g} % | {_verdict(a['pass_cpu'])} |"
         )
     mem = summary.get("memory")
@@ -216,8 +222,8 @@ def markdown(results: dict, summary: dict) -> str:
         for label, key in (("Whole stack idle PSS", "stack"), ("… mlproxy's MLflow alone", "stack_mlflow"), ("… Jupyter", "stack_jupyter")):
             v = mem[key]
             diff = f"{v['pss_mb'] - d['pss_mb']:+.0f} MB (×{v['pss_mb'] / d['pss_mb']:.2f})" if key != "stack_jupyter" else ""
-            base = f"`mlflow server` defaults: {d['pss_mb']:.0f} MB, {d['processes']} processes" if key != "stack_jupyter" else ""
-            lines.append(f"| {label} | {v['pss_mb']:.0f} MB, {v['processes']} processes | {base} | {diff} | (informative) | |")
+            base = f"`mlflow server` defaults: {d['pss_mb']:.0f} MB, {_processes(d['processes'])}" if key != "stack_jupyter" else ""
+            lines.append(f"| {label} | {v['pss_mb']:.0f} MB, {_processes(v['processes'])} | {base} | {diff} | (informative) | |")
         by_process = ", ".join(f"{name} {value:.2f}" for name, value in mem["stack_cpu_by_process"].items())
         lines.append(
             f"| Idle CPU, whole stack | {mem['stack_cpu_percent']:.2f} % of a core | `mlflow server` defaults: "
@@ -231,8 +237,8 @@ def markdown(results: dict, summary: dict) -> str:
             f"| {launch['uvicorn_direct_ready']['median'] - launch['cli_ready']['median']:+.2f} s | (informative) | |"
         )
         lines.append(
-            f"| … its PSS 3 s after ready | {_fmt(launch['uvicorn_direct_pss_mb'], 'MB', 0)}, {launch['uvicorn_direct_processes']} process(es) "
-            f"| {_fmt(launch['cli_pss_mb'], 'MB', 0)}, {launch['cli_processes']} processes "
+            f"| … its PSS 3 s after ready | {_fmt(launch['uvicorn_direct_pss_mb'], 'MB', 0)}, {_processes(launch['uvicorn_direct_processes'])} "
+            f"| {_fmt(launch['cli_pss_mb'], 'MB', 0)}, {_processes(launch['cli_processes'])} "
             f"| {launch['uvicorn_direct_pss_mb']['median'] - launch['cli_pss_mb']['median']:+.0f} MB | (informative) | |"
         )
     lines += _breakdown_table(summary)
