@@ -100,12 +100,14 @@ class Agent:
             return None
 
     def observe(self) -> tuple[str | None, dict]:
+        """supervisord's state and processes, in one call per step: once it is shutting down or
+        restarting, supervisord answers every call with SHUTDOWN_STATE (which the client turns
+        into SupervisorUnavailable), so any answer means RUNNING and getState adds nothing."""
         try:
-            state = self.supervisor.state()
             processes = self.supervisor.processes()
             if self.supervisor_pid is None:
                 self.supervisor_pid = self.supervisor.pid()
-            return state, processes
+            return "RUNNING", processes
         except SupervisorUnavailable:
             return None, {}
 
