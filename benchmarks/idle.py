@@ -63,7 +63,8 @@ def _median_memory(samples: list[procs.Memory]) -> dict:
 
 def stack_idle(stack: Mlproxy, settle: float, window: float) -> dict:
     """A READY stack left alone for `settle` seconds, then watched for `window` seconds."""
-    time.sleep(settle)
+    time.sleep(settle - 3)
+    calibration = procs.calibrate()  # about 2.5 s, just before the window
     processes = stack.supervisor().processes()
     agent_pid = processes["agent"].pid
     trees = {
@@ -76,6 +77,7 @@ def stack_idle(stack: Mlproxy, settle: float, window: float) -> dict:
     }
     result = _sample_window(trees, window, extra=lambda: round(procs.rss_mb(agent_pid) or 0, 1))
     result["agent_rss_mb_samples"] = result.pop("extra_samples")
+    result["calibration"] = calibration
     result["processes"] = {pid: procs.cmdline(pid)[:160] for pid in trees["stack"]}
     return result
 
@@ -90,9 +92,11 @@ def mlflow_defaults_idle(old: OldRecipe, settle: float, window: float) -> dict:
         ready = wait_until(lambda: mlflow_ready(old.ports.mlflow), 240)
         if ready is None:
             raise RuntimeError("mlflow server (defaults) not ready within 240 s")
-        time.sleep(settle)
+        time.sleep(settle - 3)
+        calibration = procs.calibrate()
         tree = procs.descendants(server.pid)
         result = _sample_window({"mlflow_defaults": tree}, window)
+        result["calibration"] = calibration
         result["ready_s"] = round(ready - started, 3)
         result["processes"] = {pid: procs.cmdline(pid)[:160] for pid in tree}
     finally:

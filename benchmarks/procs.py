@@ -150,6 +150,21 @@ def _self_cpu() -> float:
     return times.user + times.system
 
 
+def calibrate() -> dict:
+    """How fast this machine is right now, to compare runs: wall time of a fixed CPU-bound loop,
+    and the CPU time one wake-up costs (400 x a 5 ms sleep and a stat). On a virtual machine both
+    vary with the host's load, which the guest's own figures (load, /proc/stat) do not show; the
+    wake-up cost is higher when the guest is otherwise idle, and idle servers mostly wake up."""
+    began = time.perf_counter()
+    sum(i * i for i in range(3_000_000))
+    loop = time.perf_counter() - began
+    cpu = time.process_time()
+    for _ in range(400):
+        time.sleep(0.005)
+        os.stat("/proc/self")
+    return {"cpu_loop_s": round(loop, 3), "wakeup_cpu_us": round((time.process_time() - cpu) / 400 * 1e6, 1)}
+
+
 def load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 

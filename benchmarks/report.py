@@ -289,6 +289,18 @@ def _conditions(results: dict) -> str:
     meta = results["meta"]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     text = f"Versions: {versions}."
+    calibrations = [meta.get("calibration_start"), *(results.get("startup") or {}).get("calibration_per_round", []),
+                    ((results.get("idle") or {}).get("stack") or {}).get("calibration"), meta.get("calibration_end")]
+    calibrations = [c for c in calibrations if c]
+    if calibrations:
+        loops = [c["cpu_loop_s"] for c in calibrations]
+        wakeups = [c["wakeup_cpu_us"] for c in calibrations]
+        idle_wakeup = ((results.get("idle") or {}).get("stack") or {}).get("calibration", {}).get("wakeup_cpu_us")
+        text += (
+            f" Machine speed during the run (procs.calibrate): fixed CPU loop {min(loops):.3f}–{max(loops):.3f} s, "
+            f"CPU per wake-up {min(wakeups):.0f}–{max(wakeups):.0f} µs"
+            + (f" ({idle_wakeup:.0f} µs just before the idle window)" if idle_wakeup else "") + "."
+        )
     if loads:
         text += (
             f" Machine load (1-min average) before each run: median {statistics.median(loads):.2f} "

@@ -62,7 +62,7 @@ def run_startup(work: Path, all_ports: dict[str, Ports], reps: int) -> dict:
     startup.warm_up()
     for index in range(reps):
         startup.round(index)
-    return {"warmup": startup.warmup, "samples": startup.samples}
+    return {"warmup": startup.warmup, "samples": startup.samples, "calibration_per_round": startup.calibration}
 
 
 def run_recovery(work: Path, all_ports: dict[str, Ports], reps: int, settle: float, window: float, with_idle: bool) -> tuple[dict, dict]:
@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         "ports": {k: vars(v) for k, v in all_ports.items()},
         "work_dir": str(work),
     }
-    log(f"benchmarks: {', '.join(phases)}; {reps} repetitions; work dir {work}; load {procs.load()}")
+    meta["calibration_start"] = procs.calibrate()
+    log(f"benchmarks: {', '.join(phases)}; {reps} repetitions; work dir {work}; load {procs.load()}; "
+        f"calibration {meta['calibration_start']}")
     results: dict = {"meta": meta}
     try:
         if "startup" in phases:
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    meta["calibration_end"] = procs.calibrate()
     meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["duration_min"] = round((time.monotonic() - began) / 60, 1)
     summary = report.summarize(results)

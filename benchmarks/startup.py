@@ -150,6 +150,7 @@ class Startup:
         self.work, self.ports, self.log = work, ports, log
         self.samples: dict[str, list[dict]] = {f"{v}_{m}": [] for m in ("fresh", "existing") for v in VARIANTS}
         self.warmup: dict[str, dict] = {}
+        self.calibration: list[dict] = []
 
     def existing_dir(self, variant: str) -> Path:
         return self.work / f"{variant}-existing"
@@ -161,6 +162,7 @@ class Startup:
             self.warmup[variant] = self._run(variant, "existing", -1)
 
     def round(self, index: int) -> None:
+        self.calibration.append(procs.calibrate())
         jobs = [(v, m) for m in ("fresh", "existing") for v in VARIANTS]
         shift = index % len(jobs)
         for variant, mode in jobs[shift:] + jobs[:shift]:
