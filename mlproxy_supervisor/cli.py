@@ -57,6 +57,12 @@ def cmd_status(args) -> int:
     return status.run(_settings(args), args.json, args.wait, args.timeout)
 
 
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    return doctor.run(args.config)
+
+
 def cmd_url(args) -> int:
     from .credentials import CredentialError, read_token
 
@@ -98,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", parents=[common], help="validate or show the configuration")
     config.add_argument("action", choices=("check", "show"))
     config.set_defaults(func=cmd_config)
+
+    doctor = commands.add_parser("doctor", parents=[common], help="diagnose why MLflow does not work behind Jupyter, with fixes")
+    doctor.set_defaults(func=cmd_doctor)
 
     url = commands.add_parser("url", parents=[common], help="print the URL to open, token included")
     url.add_argument("route", nargs="?", default="mlflow/", help="path under Jupyter (default mlflow/)")
