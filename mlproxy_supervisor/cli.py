@@ -41,6 +41,11 @@ def cmd_agent(args) -> int:
 
 
 def cmd_config(args) -> int:
+    if args.action == "reference":
+        from .config_reference import reference_markdown
+
+        print(reference_markdown())
+        return 0
     settings = _settings(args)
     if args.action == "check":
         print(f"configuration OK ({settings.source})")
@@ -101,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")
     status.set_defaults(func=cmd_status)
 
-    config = commands.add_parser("config", parents=[common], help="validate or show the configuration")
-    config.add_argument("action", choices=("check", "show"))
+    config = commands.add_parser("config", parents=[common], help="check, show (effective, secrets masked) or document the configuration")
+    config.add_argument("action", choices=("check", "show", "reference"))
     config.set_defaults(func=cmd_config)
 
     doctor = commands.add_parser("doctor", parents=[common], help="diagnose why MLflow does not work behind Jupyter, with fixes")

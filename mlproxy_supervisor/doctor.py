@@ -77,10 +77,12 @@ def check_named_server_entry() -> Finding:
 
 
 def check_token(settings: Settings) -> tuple[Finding, str | None]:
+    if not settings.jupyter.token_file.exists():
+        return Finding("token file", True, f"{settings.jupyter.token_file} not created yet (`mlproxy up` generates it)"), None
     try:
-        return Finding("token file readable", True, str(settings.jupyter.token_file)), credentials.read_token(settings.jupyter.token_file)
+        return Finding("token file", True, str(settings.jupyter.token_file)), credentials.read_token(settings.jupyter.token_file)
     except credentials.CredentialError as error:
-        return Finding("token file readable", False, str(error), "run `mlproxy up` once (it generates the token), or fix the file's owner"), None
+        return Finding("token file", False, str(error), "run mlproxy as the user that owns the file (sudo), or delete it to generate a new token"), None
 
 
 def live_checks(settings: Settings, token: str | None) -> list[Finding]:
