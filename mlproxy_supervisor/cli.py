@@ -40,6 +40,12 @@ def cmd_agent(args) -> int:
     return main(_settings(args))
 
 
+def cmd_logs(args) -> int:
+    from .logforward import main
+
+    return main()
+
+
 def cmd_config(args) -> int:
     if args.action == "reference":
         from .config_reference import reference_markdown
@@ -127,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = commands.add_parser("agent", parents=[common], help="(used by supervisord) the health agent")
     agent.set_defaults(func=cmd_agent)
+
+    logs = commands.add_parser("logs", help="(used by supervisord) copy program output to stdout")
+    logs.set_defaults(func=cmd_logs)
     return parser
 
 

@@ -98,10 +98,9 @@ def check_directories(settings: Settings) -> list[Problem]:
     directories = [
         (settings.state_dir, "state_dir"),
         (settings.runtime_dir, "runtime_dir"),
+        (settings.log_dir, "log_dir"),
         (settings.jupyter.root_dir, "jupyter.root_dir"),
     ]
-    if settings.log_target == "files":
-        directories.append((settings.log_dir, "log_dir"))
     destination = settings.mlflow.artifacts_destination
     if destination.startswith("/"):
         directories.append((Path(destination), "mlflow.artifacts_destination"))

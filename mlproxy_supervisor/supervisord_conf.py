@@ -15,6 +15,7 @@ from string import Template
 from .config import Settings
 
 PROGRAMS = ("agent", "mlflow", "jupyter")
+LOG_FORWARDER = "logs"  # stdout mode only
 LOG_MAXBYTES = "10MB"
 LOG_BACKUPS = 5
 
@@ -24,14 +25,15 @@ def _escape(value: object) -> str:
 
 
 def _logging(settings: Settings) -> str:
+    logfile = f"stdout_logfile={_escape(settings.log_dir)}/%(program_name)s.log\nredirect_stderr=true\n"
     if settings.log_target == "stdout":
-        return "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0\nredirect_stderr=true"
-    return (
-        f"stdout_logfile={_escape(settings.log_dir)}/%(program_name)s.log\n"
-        f"stdout_logfile_maxbytes={LOG_MAXBYTES}\n"
-        f"stdout_logfile_backups={LOG_BACKUPS}\n"
-        "redirect_stderr=true"
-    )
+        # Small files only for the agent's log tail; the `logs` listener copies output to stdout.
+        return logfile + "stdout_logfile_maxbytes=1MB\nstdout_logfile_backups=1\nstdout_events_enabled=true"
+    return logfile + f"stdout_logfile_maxbytes={LOG_MAXBYTES}\nstdout_logfile_backups={LOG_BACKUPS}"
+
+
+def programs(settings: Settings) -> tuple[str, ...]:
+    return PROGRAMS + ((LOG_FORWARDER,) if settings.log_target == "stdout" else ())
 
 
 def program_template(name: str) -> str:
@@ -47,9 +49,7 @@ def render_program(name: str, settings: Settings) -> str:
 def render_main(settings: Settings, programs_dir: Path) -> str:
     if settings.log_target == "stdout":
         logfile, maxbytes, backups = "/dev/stdout", "0", "0"
-        silent = "false"
     else:
-        silent = "true"  # its log is in log_dir; the terminal gets mlproxy's own lines
         logfile, maxbytes, backups = _escape(settings.log_dir / "supervisord.log"), LOG_MAXBYTES, LOG_BACKUPS
     socket = _escape(settings.socket_path)
     return f"""\
@@ -60,7 +60,8 @@ chmod=0700
 
 [supervisord]
 nodaemon=true
-silent={silent}
+; The log goes to logfile only (in stdout mode that is stdout): no second copy on the terminal.
+silent=true
 logfile={logfile}
 logfile_maxbytes={maxbytes}
 logfile_backups={backups}
@@ -84,7 +85,9 @@ def write_config(settings: Settings) -> Path:
     """Write the main file and the programs into the runtime directory; return the main file."""
     programs_dir = settings.runtime_dir / "programs"
     programs_dir.mkdir(mode=0o700, exist_ok=True)
-    for name in PROGRAMS:
+    for stale in programs_dir.glob("*.conf"):
+        stale.unlink()
+    for name in programs(settings):
         (programs_dir / f"{name}.conf").write_text(render_program(name, settings))
     settings.supervisord_conf.write_text(render_main(settings, programs_dir))
     return settings.supervisord_conf

@@ -57,11 +57,25 @@ def test_supervisord_programs_render_to_valid_ini_with_the_policies(tmp_path):
     assert priorities["agent"] > priorities["jupyter"] > priorities["mlflow"]
 
 
-def test_container_mode_logs_to_stdout(tmp_path):
+def test_stdout_mode_forwards_program_output_and_keeps_a_tail_file(tmp_path):
     config = settings(tmp_path, log_target="stdout")
     text = supervisord_conf.render_program("jupyter", config)
-    assert "stdout_logfile=/dev/stdout" in text and "stdout_logfile_maxbytes=0" in text
+    assert "stdout_events_enabled=true" in text and f"stdout_logfile={tmp_path}/logs/" in text
     assert "logfile=/dev/stdout" in supervisord_conf.render_main(config, tmp_path)
+    assert supervisord_conf.programs(config) == ("agent", "mlflow", "jupyter", "logs")
+    assert supervisord_conf.programs(settings(tmp_path)) == ("agent", "mlflow", "jupyter")
+    parser = configparser.RawConfigParser()
+    parser.read_string(supervisord_conf.render_program("logs", config))
+    assert parser["eventlistener:logs"]["events"] == "PROCESS_LOG"
+
+
+def test_forwarded_lines_are_prefixed_and_partial_lines_wait():
+    from mlproxy_supervisor.logforward import prefixed_lines
+
+    lines, rest = prefixed_lines("mlflow", "", "one\ntw")
+    assert (lines, rest) == (["[mlflow] one\n"], "tw")
+    lines, rest = prefixed_lines("mlflow", rest, "o\n")
+    assert (lines, rest) == (["[mlflow] two\n"], "")
 
 
 def test_main_config_has_only_a_private_unix_socket(tmp_path):
