@@ -225,7 +225,7 @@ def test_metrics_parse_as_prometheus_text(stack):
 
 @pytest.mark.skipif(binaries() is None, reason="PostgreSQL is not installed (apt-get install postgresql)")
 def test_crash_loop_is_reported_with_its_cause_and_recovers_when_fixed(tmp_path):
-    postgres = Postgres(tmp_path / "pg", 17432 + PORTS["jupyter_port"] - 17888).init()  # not started yet
+    postgres = Postgres(17432 + PORTS["jupyter_port"] - 17888).init()  # not started yet
     # Stdout mode (systemd, containers): the cause must still reach the status, and every
     # program's output the stack's stdout.
     config = f'log_target = "stdout"\n[mlflow]\nbackend_store_uri = "{postgres.uri}"\n[agent]\nbackoff_initial = 2\nbackoff_max = 4\n'
@@ -252,7 +252,4 @@ def test_crash_loop_is_reported_with_its_cause_and_recovers_when_fixed(tmp_path)
         assert output.count(stack.token) == 1, "the token is printed once (the URL, first start), nowhere else"
     finally:
         stack.stop()
-        try:
-            postgres.stop()
-        except Exception:
-            pass
+        postgres.stop()
