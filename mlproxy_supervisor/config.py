@@ -174,8 +174,10 @@ class Settings(BaseSettings):
     runtime_dir: Path | None = Field(
         None, description="Socket, pid file, status document; default <state_dir>/run."
     )
-    log_target: Literal["files", "stdout"] = Field(
-        "files", description="Rotated files under log_dir, or stdout (container mode)."
+    log_target: Literal["files", "stdout", "journal"] = Field(
+        default_factory=lambda: "journal" if os.environ.get("JOURNAL_STREAM") else "files",
+        description="Rotated files under log_dir; stdout (container mode); or journal: the files "
+        "plus a copy of every line in systemd's journal (default when systemd connects stdout to it).",
     )
     mlflow: MLflowSettings = MLflowSettings()
     jupyter: JupyterSettings = JupyterSettings()

@@ -90,7 +90,7 @@ def check_directories(settings: Settings) -> list[Problem]:
         (settings.runtime_dir, "runtime_dir"),
         (settings.jupyter.root_dir, "jupyter.root_dir"),
     ]
-    if settings.log_target == "files":
+    if settings.log_target in ("files", "journal"):
         directories.append((settings.log_dir, "log_dir"))
     destination = settings.mlflow.artifacts_destination
     if destination.startswith("/"):

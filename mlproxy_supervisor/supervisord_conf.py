@@ -26,12 +26,18 @@ def _escape(value: object) -> str:
 def _logging(settings: Settings) -> str:
     if settings.log_target == "stdout":
         return "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0\nredirect_stderr=true"
-    return (
+    files = (
         f"stdout_logfile={_escape(settings.log_dir)}/%(program_name)s.log\n"
         f"stdout_logfile_maxbytes={LOG_MAXBYTES}\n"
         f"stdout_logfile_backups={LOG_BACKUPS}\n"
         "redirect_stderr=true"
     )
+    if settings.log_target == "journal":
+        # Under systemd, stdout is a socket that supervisord cannot open as /dev/stdout; its syslog
+        # copy goes to /dev/log, which journald files under the unit ("<program> <line>"). The
+        # files stay, so the agent can still quote a failing program's last lines.
+        files += "\nstdout_syslog=true"
+    return files
 
 
 def program_template(name: str) -> str:
@@ -49,7 +55,8 @@ def render_main(settings: Settings, programs_dir: Path) -> str:
         logfile, maxbytes, backups = "/dev/stdout", "0", "0"
         silent = "false"
     else:
-        silent = "true"  # its log is in log_dir; the terminal gets mlproxy's own lines
+        # Its log is in log_dir; a terminal gets mlproxy's own lines, the journal gets both.
+        silent = "false" if settings.log_target == "journal" else "true"
         logfile, maxbytes, backups = _escape(settings.log_dir / "supervisord.log"), LOG_MAXBYTES, LOG_BACKUPS
     socket = _escape(settings.socket_path)
     return f"""\
