@@ -129,16 +129,19 @@ def _first_closed_directory(path: Path, user: pwd.struct_passwd) -> Path | None:
 
 def check_user_can_run(user: pwd.struct_passwd) -> None:
     """Run this installation's Python as the service user, importing mlproxy: the real test."""
-    result = subprocess.run(
-        [sys.executable, "-c", "import mlproxy_supervisor.cli"],
-        user=user.pw_uid, group=user.pw_gid, extra_groups=[], cwd="/",
-        env={"PATH": "/usr/bin:/bin", "HOME": user.pw_dir}, capture_output=True, text=True,
-    )  # fmt: skip
-    if result.returncode == 0:
-        return
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", "import mlproxy_supervisor.cli"],
+            user=user.pw_uid, group=user.pw_gid, extra_groups=[], cwd="/",
+            env={"PATH": "/usr/bin:/bin", "HOME": user.pw_dir}, capture_output=True, text=True,
+        )  # fmt: skip
+        if result.returncode == 0:
+            return
+        detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+    except OSError as error:  # the exec itself refused, as the kernel refuses it to systemd
+        detail = f"{error.strerror}: {error.filename}"
     closed = next((d for p in _installation_dirs() if (d := _first_closed_directory(p, user))), None)
     where = f": {closed} is not open to it (mode {closed.stat().st_mode & 0o777:o})" if closed else ""
-    detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
     raise InstallError(
         f"user {user.pw_name} cannot run this installation ({sys.executable}){where}\n"
         f"    ({detail})\n"

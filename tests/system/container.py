@@ -91,9 +91,20 @@ def ensure_rootfs() -> Path:
     # Nothing in the container needs a login prompt on the (passive) console.
     (partial / "etc/systemd/system/getty.target.wants").mkdir(parents=True, exist_ok=True)
     (partial / "etc/systemd/system/console-getty.service").symlink_to("/dev/null")
-    os.replace(partial, rootfs)  # atomic: a half-built rootfs is never used
+    _publish(partial, rootfs)
     log(f"rootfs built in {time.monotonic() - started:.0f} s")
     return rootfs
+
+
+def _publish(partial: Path, final: Path) -> None:
+    """Rename a finished build into place (atomic: a half-built cache is never used); when a
+    concurrent run got there first, keep theirs."""
+    try:
+        os.replace(partial, final)
+    except OSError:
+        if not final.exists():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _dependency_key(repo: Path) -> str:
@@ -121,7 +132,7 @@ def ensure_wheelhouse(repo: Path) -> Path:
     for wheel in partial.glob("mlproxy-*.whl"):
         wheel.unlink()  # the project is built fresh on every run
     (partial / ".complete").touch()
-    os.replace(partial, wheelhouse)
+    _publish(partial, wheelhouse)
     log(f"wheelhouse built in {time.monotonic() - started:.0f} s")
     return wheelhouse
 

@@ -190,6 +190,9 @@ def test_operator_commands_as_root(box):
     states = dict(re.findall(r"^(\w+)\s+(\w+)", listing, re.M))
     assert states == {"agent": "RUNNING", "jupyter": "RUNNING", "mlflow": "RUNNING"}, listing
     assert mlproxy(box, "status").returncode == 0
+    # The service user may use it too (the documented `sudo -u mlproxy mlproxy ctl status`).
+    as_mlproxy = box.run("setpriv", "--reuid=mlproxy", "--regid=mlproxy", "--init-groups", "mlproxy", "ctl", "status")
+    assert dict(re.findall(r"^(\w+)\s+(\w+)", as_mlproxy.stdout, re.M)) == states, as_mlproxy.stdout
     url = mlproxy(box, "url").stdout.strip()
     assert re.fullmatch(r"http://127\.0\.0\.1:8888/mlflow/\?token=[0-9a-f]{48}", url), url
     # The socket stays the service user's: 0700, and another user cannot connect.
@@ -290,7 +293,7 @@ def test_journal_shows_the_agents_transitions_and_each_servers_output(box):
         "agent status transitions": "status: " + READY,
         "the degraded state after kill -9": "status: degraded: mlflow",
         "agent events": "route stack-ready",
-        "supervisord seeing the kill": "exited: mlflow (terminated by SIGKILL)",
+        "supervisord seeing the kill": "exited: mlflow (terminated by SIGKILL",
         "MLflow's output": "Uvicorn running on http://127.0.0.1:5001",
         "Jupyter's output": "Jupyter Server",
         "supervisord's own log": "spawned: 'mlflow'",
