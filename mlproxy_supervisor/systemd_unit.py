@@ -145,7 +145,8 @@ StartLimitBurst={START_LIMIT_BURST}
 
 [Service]
 # The health agent sends READY=1 once the route through Jupyter works, STATUS= on every change,
-# and WATCHDOG=1 while supervisord answers. It is supervisord's child, not the main process.
+# and WATCHDOG=1 while supervisord answers. Hardening exception: NotifyAccess=all, because the
+# agent is supervisord's child, not the main process.
 Type=notify
 NotifyAccess=all
 # `mlproxy up` runs supervisord in the foreground as its child, turns SIGTERM into an ordered
@@ -199,6 +200,7 @@ PrivateIPC=yes
 NoNewPrivileges=yes
 CapabilityBoundingSet=
 AmbientCapabilities=
+# (Also grants read access to /dev/rtc, which the score counts.)
 ProtectClock=yes
 ProtectHostname=yes
 ProtectKernelTunables=yes

@@ -13,6 +13,9 @@ from tests.stack import ROOT
 from tests.system import container as harness
 
 
+WORKDIR_PREFIX = "/var/tmp/mlproxy-system-"  # + pid: the container's overlay and the built wheel
+
+
 class Timings(dict):
     def measure(self, name: str, started: float) -> float:
         self[name] = round(time.monotonic() - started, 1)
@@ -40,7 +43,8 @@ def machine(tmp_path_factory, timings):
     wheelhouse = harness.ensure_wheelhouse(ROOT)
     timings.measure("wheelhouse", started)
 
-    workdir = Path(f"/var/tmp/mlproxy-system-{os.getpid()}")
+    harness.sweep_stale(WORKDIR_PREFIX)
+    workdir = Path(f"{WORKDIR_PREFIX}{os.getpid()}")
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     started = time.monotonic()

@@ -180,6 +180,31 @@ def _remove_cgroup_tree(path: Path) -> None:
         log(f"could not remove cgroup {path}: {error.strerror}")
 
 
+def sweep_stale(workdir_prefix: str) -> None:
+    """Clean up after a run that was killed before its teardown: its container (every process
+    in its cgroup), overlay mount, cgroups and work directory. Only runs whose pid is gone."""
+    base = Path(workdir_prefix).parent
+    for workdir in base.glob(Path(workdir_prefix).name + "*"):
+        pid = workdir.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        log(f"removing the leftovers of an interrupted run: {workdir}")
+        name = f"mlproxy-{pid}"
+        for root in CGROUP_ROOTS:
+            for procs in (root / f"mlproxy-test-{name}").rglob("cgroup.procs"):
+                for process in procs.read_text().split():
+                    try:
+                        os.kill(int(process), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        time.sleep(0.5)
+        subprocess.run(["umount", "--lazy", str(workdir / "container" / "merged")], capture_output=True)
+        for root in CGROUP_ROOTS:
+            _remove_cgroup_tree(root / f"mlproxy-test-{name}")
+        shutil.rmtree(f"/run/systemd/nspawn/propagate/{name}", ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 class Container:
     """One booted container: an overlay of the cached rootfs, removed again by teardown()."""
 
