@@ -332,6 +332,32 @@ def test_stop_leaves_no_process_of_the_stack(box, timings):
     assert box.run("test", "-e", "/run/mlproxy", check=False).returncode == 1  # RuntimeDirectory= removed
 
 
+def test_start_fails_when_the_route_never_works_within_the_timeout(box, timings):
+    # A broken installation: MLflow's server package unreadable, so MLflow exits at import, goes
+    # FATAL, and the agent's retries cannot help. A drop-in shortens TimeoutStartSec to keep the
+    # test short; the mechanism is the real one (Type=notify, no READY=1).
+    server = "/opt/mlproxy/lib/python3.11/site-packages/mlflow/server"
+    dropin = "/etc/systemd/system/mlproxy.service.d/test-timeout.conf"
+    box.run("sh", "-c", f"mkdir -p {os.path.dirname(dropin)} && printf '[Service]\\nTimeoutStartSec=25\\n' > {dropin}")
+    box.run("systemctl", "daemon-reload")
+    box.run("chmod", "700", server)
+    try:
+        started = time.monotonic()
+        result = box.run("systemctl", "start", UNIT, check=False, timeout=90)
+        took = timings.measure("systemctl start failing on its timeout", started)
+        assert result.returncode != 0 and 24 <= took < 60, (took, result)
+        assert show(box, "Result")["Result"] == "timeout"
+        assert not status_text(box).startswith("ready")
+    finally:
+        box.run("chmod", "755", server)
+        box.run("systemctl", "stop", UNIT, timeout=TIMEOUTS.stop + 30)  # cancels the scheduled restart
+        box.run("rm", "-rf", os.path.dirname(dropin))
+        box.run("systemctl", "daemon-reload")
+        box.run("systemctl", "reset-failed", UNIT, check=False)
+    assert "start operation timed out" in journal(box)
+    assert inside(box, "processes")["processes"] == {}
+
+
 def test_uninstall_keeps_data_unless_purge(box):
     output = box.run("/opt/mlproxy/bin/mlproxy", "uninstall").stdout
     assert "removed /etc/systemd/system/mlproxy.service" in output, output
