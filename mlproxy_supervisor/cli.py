@@ -97,6 +97,18 @@ def cmd_ctl(args) -> int:
     os.execv(sys.executable, argv)
 
 
+def cmd_install(args) -> int:
+    from . import install
+
+    return install.run("install", enable=args.enable, now=args.now)
+
+
+def cmd_uninstall(args) -> int:
+    from . import install
+
+    return install.run("uninstall", purge=args.purge)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML config file (default: see `mlproxy config show`)")
@@ -126,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = commands.add_parser("ctl", parents=[common], help="supervisorctl for this stack, e.g. `mlproxy ctl status`")
     ctl.add_argument("args", nargs=argparse.REMAINDER)
     ctl.set_defaults(func=cmd_ctl)
+
+    install = commands.add_parser(
+        "install", help="(root) install the systemd service: user, directories, config, unit"
+    )
+    install.add_argument("--enable", action="store_true", help="start the service at boot")
+    install.add_argument("--now", action="store_true", help="start it now (returns once it is ready)")
+    install.set_defaults(func=cmd_install)
+
+    uninstall = commands.add_parser("uninstall", help="(root) remove the systemd service; keeps data unless --purge")
+    uninstall.add_argument("--purge", action="store_true", help="also remove config, data, logs and user mlproxy")
+    uninstall.set_defaults(func=cmd_uninstall)
 
     run = commands.add_parser("run", parents=[common], help="(used by supervisord) exec one server")
     run.add_argument("service", choices=("mlflow", "jupyter"))

@@ -174,8 +174,10 @@ class Settings(BaseSettings):
     runtime_dir: Path | None = Field(
         None, description="supervisord socket (0700), pid file, status document."
     )
-    log_target: Literal["files", "stdout"] = Field(
-        "files", description="Rotated files under log_dir, or stdout (container mode)."
+    log_target: Literal["files", "stdout", "journal"] = Field(
+        default_factory=lambda: "journal" if os.environ.get("JOURNAL_STREAM") else "files",
+        description="files: rotated files under log_dir; stdout (containers): every program's lines, "
+        "prefixed, on stdout too; journal: the files plus a copy of every line in systemd's journal.",
     )
     mlflow: MLflowSettings = MLflowSettings()
     jupyter: JupyterSettings = JupyterSettings()

@@ -17,6 +17,7 @@ DERIVED_DEFAULTS = {
     "state_dir": "$STATE_DIRECTORY (systemd), else $XDG_DATA_HOME/mlproxy or ~/.local/share/mlproxy",
     "log_dir": "$LOGS_DIRECTORY (systemd), else <state_dir>/logs",
     "runtime_dir": "$RUNTIME_DIRECTORY (systemd), else <state_dir>/run",
+    "log_target": '`"journal"` when systemd connects stdout to the journal ($JOURNAL_STREAM), else `"files"`',
     "mlflow.backend_store_uri": "sqlite:////<state_dir>/mlflow.db",
     "mlflow.artifacts_destination": "<state_dir>/artifacts",
     "jupyter.root_dir": "<state_dir>/notebooks",

@@ -25,11 +25,17 @@ def _escape(value: object) -> str:
 
 
 def _logging(settings: Settings) -> str:
+    """Programs always log to files: the agent quotes a failing program's last lines from them."""
     logfile = f"stdout_logfile={_escape(settings.log_dir)}/%(program_name)s.log\nredirect_stderr=true\n"
     if settings.log_target == "stdout":
         # Small files only for the agent's log tail; the `logs` listener copies output to stdout.
         return logfile + "stdout_logfile_maxbytes=1MB\nstdout_logfile_backups=1\nstdout_events_enabled=true"
-    return logfile + f"stdout_logfile_maxbytes={LOG_MAXBYTES}\nstdout_logfile_backups={LOG_BACKUPS}"
+    logfile += f"stdout_logfile_maxbytes={LOG_MAXBYTES}\nstdout_logfile_backups={LOG_BACKUPS}"
+    if settings.log_target == "journal":
+        # Under systemd, stdout is a socket that supervisord cannot open as /dev/stdout; its syslog
+        # copy goes to /dev/log, which journald files under the unit ("<program> <line>").
+        logfile += "\nstdout_syslog=true"
+    return logfile
 
 
 def programs(settings: Settings) -> tuple[str, ...]:
@@ -47,6 +53,9 @@ def render_program(name: str, settings: Settings) -> str:
 
 
 def render_main(settings: Settings, programs_dir: Path) -> str:
+    # silent: no echo of supervisord's log to its stdout, except to the journal (where the file
+    # would otherwise be the only copy); in stdout mode the log file is stdout itself.
+    silent = "false" if settings.log_target == "journal" else "true"
     if settings.log_target == "stdout":
         logfile, maxbytes, backups = "/dev/stdout", "0", "0"
     else:
@@ -60,8 +69,7 @@ chmod=0700
 
 [supervisord]
 nodaemon=true
-; The log goes to logfile only (in stdout mode that is stdout): no second copy on the terminal.
-silent=true
+silent={silent}
 logfile={logfile}
 logfile_maxbytes={maxbytes}
 logfile_backups={backups}

@@ -24,6 +24,7 @@ PR_SET_CHILD_SUBREAPER = 36
 # Variables systemd and containers set that are about our process tree, passed on as they are;
 # JUPYTER_TOKEN is consumed here and never passed on.
 CONSUMED_ENV = ("JUPYTER_TOKEN",)
+ORPHAN_GRACE = 5.0  # seconds leftovers get between SIGTERM and SIGKILL after supervisord exited
 
 
 def say(message: str) -> None:
@@ -51,7 +52,7 @@ def _children() -> list[int]:
     return pids
 
 
-def _kill_orphans(grace: float = 5.0) -> None:
+def _kill_orphans(grace: float = ORPHAN_GRACE) -> None:
     """Anything still our child after supervisord exited was orphaned by it: end it."""
     orphans = _children()
     if not orphans:
