@@ -167,3 +167,4 @@ def test_token_file_is_created_private_and_reused(tmp_path):
     assert credentials.ensure_token(path, "a-provided-token-1234") == "a-provided-token-1234"
     with pytest.raises(credentials.CredentialError, match="too short"):
         credentials.ensure_token(path, "short")
+
