@@ -72,3 +72,15 @@ def test_image_size_is_recorded_and_within_budget(image):
     base = podman("image", "inspect", "--format", "{{.Size}}", image.base).stdout.strip()
     measure("image size vs base", f"{size / 1e6:.0f} MB total, base {int(base) / 1e6:.0f} MB, added {(size - int(base)) / 1e6:.0f} MB")
     assert size < SIZE_BUDGET, f"image is {size / 1e9:.2f} GB, budget {SIZE_BUDGET / 1e9:.2f} GB"
+
+
+def test_a_user_who_cannot_write_the_volume_is_told_how_to_fix_it(image, make_volume):
+    # `--user` with another uid (no passwd entry) on a volume the image's user owns: mlproxy up
+    # used to die with a traceback (PermissionError on the database, KeyError from pwd).
+    result = podman("run", "--rm", "--user", "12345:12345", "--volume", f"{make_volume()}:/var/lib/mlproxy", image.tag,
+                    check=False, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output, output
+    assert "cannot start: state_dir /var/lib/mlproxy is not writable by user 12345" in output, output
+    assert "fix: chown 12345 /var/lib/mlproxy" in output
