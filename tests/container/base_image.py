@@ -45,7 +45,7 @@ def debian_mirror() -> str:
             text = path.read_text()
         except OSError:
             continue
-        if found := re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.M) or re.search(r"^deb\s+(\S+/debian)\s", text, re.M):
+        if found := re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.MULTILINE) or re.search(r"^deb\s+(\S+/debian)\s", text, re.MULTILINE):
             return found.group(1)
     return "http://deb.debian.org/debian"
 
@@ -79,7 +79,7 @@ def build_rootfs_tarball(tarball: Path) -> None:
         rootfs = Path(scratch) / "rootfs"
         result = subprocess.run(
             ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), debian_mirror()],
-            capture_output=True, text=True, timeout=900,
+            check=False, capture_output=True, text=True, timeout=900,
         )
         if result.returncode != 0:
             raise EngineError(f"debootstrap failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")

@@ -44,7 +44,7 @@ def engine_env() -> dict[str, str]:
 
 def podman(*args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        ["podman", *args], env=engine_env(), capture_output=True, text=True, timeout=timeout, input=input
+        ["podman", *args], env=engine_env(), capture_output=True, text=True, timeout=timeout, input=input, check=False
     )
     if check and result.returncode != 0:
         raise EngineError(f"podman {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
@@ -79,7 +79,7 @@ def remove_leftovers() -> list[str]:
             if pid and pid != os.getpid() and Path(f"/proc/{pid}").exists():
                 continue  # a run still going on: not ours to touch
             name = item["Names"][0] if kind == "container" else item["Name"]
-            podman(kind, "rm", "--force", name, check=False)
+            podman(kind, "rm", "--force", *(["--volumes"] if kind == "container" else []), name, check=False)
             removed.append(f"{kind} {name}")
     return removed
 
@@ -100,12 +100,11 @@ class Container:
         args = ["run", "--detach", "--name", self.name, *run_labels(),
                 "--publish", f"127.0.0.1:{self.host_port}:8888",
                 "--volume", f"{self.volume}:/var/lib/mlproxy"]
-        for key, value in self.env.items():
+        for key in self.env:
             args += ["--env", key]  # the value travels in podman's environment, not in its argv
-        env_values = {key: value for key, value in self.env.items()}
         result = subprocess.run(
             ["podman", *args, *self.extra_args, self.image],
-            env={**engine_env(), **env_values}, capture_output=True, text=True, timeout=60,
+            env={**engine_env(), **self.env}, capture_output=True, text=True, timeout=60, check=False,
         )
         if result.returncode != 0:
             raise EngineError(f"podman run {self.name} exited {result.returncode}:\n{result.stderr[-3000:]}")
@@ -161,4 +160,4 @@ class Container:
         podman("start", self.name)
 
     def remove(self) -> None:
-        podman("rm", "--force", "--time", "0", self.name, check=False)
+        podman("rm", "--force", "--volumes", "--time", "0", self.name, check=False)
