@@ -82,9 +82,13 @@ def test_token_from_a_secret_file(make_volume, start_container, secret):
     container = start_container(
         make_volume(),
         env={"MLPROXY_JUPYTER__TOKEN_FILE": "/run/secrets/jupyter_token"},
-        extra_args=["--secret", f"{name},target=jupyter_token,uid=1000,gid=1000,mode=0400"],
+        # The hardened way to run it: the secret, and no capabilities or privilege gains at all.
+        extra_args=["--secret", f"{name},target=jupyter_token,uid=1000,gid=1000,mode=0400",
+                    "--cap-drop=ALL", "--security-opt=no-new-privileges"],
     )
     assert_token_works_and_stays_secret(container, token)
+    status = container.exec("grep", "-E", "^(CapEff|NoNewPrivs):", "/proc/1/status").stdout.split()
+    assert status == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1"], status
     # Nothing in the volume holds it (Jupyter's private copy is in the container's /run).
     assert container.exec("grep", "-rlF", token, "/var/lib/mlproxy").stdout == "", "the secret was copied into the volume"
     assert token not in json.dumps(container.inspect())
