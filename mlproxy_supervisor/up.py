@@ -76,6 +76,24 @@ def _kill_orphans(grace: float = ORPHAN_GRACE) -> None:
     _reap()
 
 
+def _reap_adopted(keep: int) -> None:
+    """Reap orphans that were reparented to us (a kernel whose Jupyter was killed, say), without
+    touching `keep` (supervisord, whose exit status Popen collects). A subreaper that never
+    waits for them leaves zombies for as long as the stack runs."""
+    while True:
+        try:
+            # WNOWAIT: look at the first exited child without collecting it.
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid == keep:
+            return  # nothing exited, or supervisord did: the loop's poll() sees it
+        try:
+            os.waitpid(info.si_pid, 0)
+        except ChildProcessError:
+            pass
+
+
 def _reap() -> None:
     while True:
         try:
@@ -146,6 +164,7 @@ def run(settings: Settings) -> int:
     last_overall = None
     while supervisord.poll() is None:
         time.sleep(0.1)
+        _reap_adopted(keep=supervisord.pid)
         status = report.read_status(settings.status_file)
         if not status or stopping:
             continue
