@@ -51,7 +51,8 @@ def bare_servers(tmp_path):
     started = []
 
     def start(*extra_jupyter_args: str):
-        env = {**os.environ, "MLPROXY_STATE_DIR": str(tmp_path), "MLPROXY_MLFLOW__PORT": str(settings.mlflow.port)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLPROXY_")}  # e.g. MLPROXY_TEST_*
+        env.update(MLPROXY_STATE_DIR=str(tmp_path), MLPROXY_MLFLOW__PORT=str(settings.mlflow.port))
         for argv, extra in (launch.mlflow_command(settings), launch.jupyter_command(settings)):
             if "notebook" in argv:
                 argv = [*argv, *extra_jupyter_args]
