@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from playwright.sync_api import BrowserContext, Page, Playwright, Request, Response, expect
+from playwright.sync_api import BrowserContext, Locator, Page, Playwright, Request, Response, expect
 
-from tests.stack import ROOT
+from tests.stack import ROOT, Stack
 
 CHROMIUM = shutil.which("chromium")
 FLAGS = [
@@ -61,16 +61,33 @@ def log_in(page: Page, base: str, token: str, next_path: str) -> None:
     page.wait_for_load_state("load")
 
 
-def picture(page: Page, name: str, **options) -> Path:
-    """Save a screenshot for the docs as docs/images/<name>.png."""
+def open_in_new_tab(context: BrowserContext, click) -> Page:
+    """What a click opens in a new tab (MLflow's launcher entry has new_browser_tab)."""
+    with context.expect_page() as opened:
+        click()
+    page = opened.value
+    page.wait_for_load_state()
+    return page
+
+
+def picture(target: Page | Locator, name: str) -> Path:
+    """Save a screenshot of a page or one element for the docs, as docs/images/<name>.png."""
     IMAGES.mkdir(parents=True, exist_ok=True)
     path = IMAGES / f"{name}.png"
-    page.screenshot(path=str(path), **options)
+    target.screenshot(path=str(path))
     return path
 
 
-def dismiss_jupyter_news(page: Page) -> None:
-    """JupyterLab asks once per profile whether to fetch news; a person answers No."""
+NEWS_SETTINGS = "lab/api/settings/@jupyterlab/apputils-extension:notification"
+
+
+def dismiss_jupyter_news(page: Page, stack: Stack) -> None:
+    """JupyterLab asks once per server whether to fetch news (until a user answers, the setting is
+    "none"); a person answers No."""
+    answer = stack.session().get(stack.url(NEWS_SETTINGS), timeout=10)
+    answer.raise_for_status()
+    if answer.json()["settings"].get("fetchNews", "none") != "none":
+        return  # answered already on this server
     question = page.get_by_text("Would you like to get notified about official Jupyter news?")
     question.wait_for(timeout=SLOW_MS)
     page.get_by_role("button", name="No", exact=True).click()

@@ -5,25 +5,17 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import Page, expect
 
-from tests.browser.browser import SLOW_MS, dismiss_jupyter_news, log_in, picture
+from tests.browser.browser import SLOW_MS, dismiss_jupyter_news, log_in, open_in_new_tab, picture
 
 pytestmark = pytest.mark.browser
 
 
 def expect_mlflow_home(page: Page, mlflow_url: str) -> None:
     expect(page).to_have_url(re.compile(re.escape(mlflow_url)))
-    expect(page).to_have_title("MLflow")
+    expect(page).to_have_title(re.compile(r"MLflow$"))
     expect(page.get_by_role("link", name="Experiments", exact=True).first).to_be_visible(timeout=SLOW_MS)
-
-
-def open_in_new_tab(context: BrowserContext, click) -> Page:
-    with context.expect_page() as opened:
-        click()
-    page = opened.value
-    page.wait_for_load_state()
-    return page
 
 
 def test_lab_login_and_launcher_tile_opens_mlflow(open_browser, shared_stack):
@@ -37,7 +29,7 @@ def test_lab_login_and_launcher_tile_opens_mlflow(open_browser, shared_stack):
     icon = tile.get_by_role("img")
     expect(icon).to_have_attribute("src", re.compile(r"/server-proxy/icon/mlflow$"))
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=icon.element_handle())
-    dismiss_jupyter_news(page)
+    dismiss_jupyter_news(page, shared_stack)
     picture(page, "jupyterlab-launcher")
 
     mlflow = open_in_new_tab(context, tile.click)
