@@ -131,13 +131,15 @@ class Traffic:
     def outside(self, prefix: str) -> list[str]:
         """Requests that went anywhere but under prefix (data: and blob: URLs stay in the page)."""
         return [
-            f"{method} {url}" for method, url in self.requests
+            f"{method} {url}"
+            for method, url in self.requests
             if not url.startswith(prefix) and urlsplit(url).scheme in ("http", "https", "ws", "wss")
         ]
 
     def errors_under(self, prefix: str) -> set[tuple[str, str, str]]:
         """The failures under prefix as (method, path below the prefix, status), query dropped."""
         return {
-            (method, urlsplit(url[len(prefix):]).path, status)
-            for method, url, status in self.errors if url.startswith(prefix)
+            (method, urlsplit(url[len(prefix) :]).path, status)
+            for method, url, status in self.errors
+            if url.startswith(prefix)
         }

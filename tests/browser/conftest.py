@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.browser.browser import CHROMIUM, NETWORK_CHANGED, launch
 from tests.browser.tracking import DemoRun, make_demo_run
@@ -74,7 +75,7 @@ def open_browser(request, playwright, tmp_path_factory):
         for number, page in enumerate(page for context in contexts for page in context.pages):
             try:
                 page.screenshot(path=str(shots / f"page-{number}.png"), timeout=10_000)
-            except Exception as error:  # the page may be gone; the screenshot is only a diagnostic
+            except PlaywrightError as error:  # the page may be gone; the screenshot is only a diagnostic
                 print(f"no screenshot of {page.url}: {error}")
         print(f"screenshots of the open pages: {shots}")
     for context in contexts:

@@ -10,9 +10,11 @@ browser, succeeds: the refusals are about the origin, not a missing login.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from urllib.parse import urlsplit
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -49,6 +51,17 @@ window.attack = async ([target, simpleName, jsonName]) => {{
 }};
 </script>
 """
+
+
+def wait_for_log(log: Path, start: int, lines: list[str], timeout: float = 15) -> str:
+    """The log from offset start, once it holds every line or timeout seconds have passed
+    (supervisord writes Jupyter's output to the file a moment after Jupyter answered)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text(errors="replace")[start:]
+        if all(line in text for line in lines) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -109,7 +122,9 @@ def test_other_origin_cannot_write_with_the_login_cookie(open_browser, shared_st
     results = attacker.evaluate("attack", [prefix, names["simple"], names["json"]])
     assert results["simple"] == "sent", results  # no-cors: the browser sends it, the page sees nothing
     assert results["json"].startswith("error"), results  # the preflight fails, the POST is never sent
-    with attacker.expect_response(lambda response: response.request.method == "POST" and "/api/2.0/" in response.url) as form_answer:
+    with attacker.expect_response(
+        lambda response: response.request.method == "POST" and "/api/2.0/" in response.url
+    ) as form_answer:
         attacker.locator("#form").evaluate("form => form.submit()")
     assert form_answer.value.status == 403
 
@@ -118,10 +133,11 @@ def test_other_origin_cannot_write_with_the_login_cookie(open_browser, shared_st
     # origin check stopped the write.
     sent = {response.url.removeprefix(prefix): response for response in writes}
     assert set(sent) == {"ajax-api/2.0/mlflow/experiments/create", "api/2.0/mlflow/experiments/create"}, list(sent)
-    server_log = jupyter_log.read_text(errors="replace")[log_start:]
     for path, response in sent.items():
         assert response.status == 403, f"{response.url}: {response.status}"
-        refusal = f"Refused cross-origin POST {urlsplit(prefix).path}{path} from {other_origin.origin}"
-        assert refusal in server_log, f"no authenticated refusal of {path} in jupyter.log:\n{server_log[-3000:]}"
+    refusals = [f"Refused cross-origin POST {urlsplit(prefix).path}{path} from {other_origin.origin}" for path in sent]
+    server_log = wait_for_log(jupyter_log, log_start, refusals)
+    missing = [line for line in refusals if line not in server_log]
+    assert not missing, f"no authenticated refusal in jupyter.log for {missing}:\n{server_log[-3000:]}"
     for kind, name in names.items():
         assert not experiment_exists(shared_stack, name), f"the {kind} cross-origin write created {name}"

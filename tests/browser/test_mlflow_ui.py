@@ -38,4 +38,6 @@ def test_tour_through_the_route_stays_under_the_prefix(open_browser, shared_stac
     assert traffic.requests, "no traffic recorded"
     assert not traffic.outside(prefix), "requests left the prefix:\n" + "\n".join(traffic.outside(prefix))
     extra = traffic.errors_under(prefix) - baseline
-    assert not extra, f"failures through {prefix} that MLflow itself does not give: {sorted(extra)} (MLflow's own: {sorted(baseline)})"
+    assert not extra, (
+        f"failures through {prefix} that MLflow itself does not give: {sorted(extra)}; its own: {baseline}"
+    )

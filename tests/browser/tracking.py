@@ -38,19 +38,25 @@ def png(width: int = 96, height: int = 64) -> bytes:
 
 
 def create_experiment(stack: Stack, name: str) -> str:
-    answer = stack.session().post(stack.url("mlflow/api/2.0/mlflow/experiments/create"), json={"name": name}, timeout=10)
+    answer = stack.session().post(
+        stack.url("mlflow/api/2.0/mlflow/experiments/create"), json={"name": name}, timeout=10
+    )
     answer.raise_for_status()
     return answer.json()["experiment_id"]
 
 
 def experiment_name(stack: Stack, experiment_id: str) -> str:
-    answer = stack.session().get(stack.url("mlflow/api/2.0/mlflow/experiments/get"), params={"experiment_id": experiment_id}, timeout=10)
+    answer = stack.session().get(
+        stack.url("mlflow/api/2.0/mlflow/experiments/get"), params={"experiment_id": experiment_id}, timeout=10
+    )
     answer.raise_for_status()
     return answer.json()["experiment"]["name"]
 
 
 def experiment_exists(stack: Stack, name: str) -> bool:
-    answer = stack.session().get(stack.url("mlflow/api/2.0/mlflow/experiments/get-by-name"), params={"experiment_name": name}, timeout=10)
+    answer = stack.session().get(
+        stack.url("mlflow/api/2.0/mlflow/experiments/get-by-name"), params={"experiment_name": name}, timeout=10
+    )
     if answer.status_code == 404:
         return False
     answer.raise_for_status()
@@ -63,7 +69,11 @@ def make_demo_run(stack: Stack) -> DemoRun:
     name = "demo-classifier"  # the shared stack is new each session; a fixed name reads well in docs
     experiment_id = create_experiment(stack, name)
     now = int(time.time() * 1000)
-    created = session.post(f"{api}/runs/create", json={"experiment_id": experiment_id, "run_name": "baseline", "start_time": now}, timeout=10)
+    created = session.post(
+        f"{api}/runs/create",
+        json={"experiment_id": experiment_id, "run_name": "baseline", "start_time": now},
+        timeout=10,
+    )
     created.raise_for_status()
     run = created.json()["run"]["info"]
     params = {"learning_rate": "0.01", "epochs": "5", "optimizer": "adam"}
@@ -72,7 +82,10 @@ def make_demo_run(stack: Stack) -> DemoRun:
         json={
             "run_id": run["run_id"],
             "params": [{"key": key, "value": value} for key, value in params.items()],
-            "metrics": [{"key": "loss", "value": value, "timestamp": now + step, "step": step} for step, value in enumerate(LOSS)],
+            "metrics": [
+                {"key": "loss", "value": value, "timestamp": now + step, "step": step}
+                for step, value in enumerate(LOSS)
+            ],
         },
         timeout=10,
     )
@@ -81,8 +94,12 @@ def make_demo_run(stack: Stack) -> DemoRun:
     artifacts = run["artifact_uri"].removeprefix("mlflow-artifacts:/").strip("/")
     image = png()
     for file_name, content in (("notes.txt", NOTES.encode()), ("gradient.png", image)):
-        put = session.put(stack.url(f"mlflow/api/2.0/mlflow-artifacts/artifacts/{artifacts}/{file_name}"), data=content, timeout=10)
+        put = session.put(
+            stack.url(f"mlflow/api/2.0/mlflow-artifacts/artifacts/{artifacts}/{file_name}"), data=content, timeout=10
+        )
         put.raise_for_status()
-    finished = session.post(f"{api}/runs/update", json={"run_id": run["run_id"], "status": "FINISHED", "end_time": now + 5000}, timeout=10)
+    finished = session.post(
+        f"{api}/runs/update", json={"run_id": run["run_id"], "status": "FINISHED", "end_time": now + 5000}, timeout=10
+    )
     finished.raise_for_status()
     return DemoRun(experiment_id, name, run["run_id"], "baseline", params, NOTES, image)
