@@ -158,6 +158,8 @@ def test_launcher_entry_and_icon(shared_stack):
     mlflow = next(server for server in servers if server["name"] == "mlflow")
     assert mlflow["launcher_entry"]["title"] == "MLflow"
     assert mlflow["launcher_entry"]["path_info"] == "mlflow/"
+    # JupyterLab shows icon_url only for cards in its kernel categories (Notebook, Console).
+    assert mlflow["launcher_entry"]["category"] == "Notebook"
     icon = session.get(mlflow["launcher_entry"]["icon_url"] if mlflow["launcher_entry"]["icon_url"].startswith("http") else shared_stack.url(mlflow["launcher_entry"]["icon_url"]), timeout=10)
     assert icon.status_code == 200 and b"<svg" in icon.content
 
