@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import subprocess
@@ -119,7 +120,9 @@ def test_notebook_kernel_logs_to_the_managed_mlflow_without_setup(shared_stack):
     try:
         saved = session.get(shared_stack.url("api/contents/track.ipynb"), timeout=10).json()
         code = "".join(saved["content"]["cells"][0]["source"])
-        status, output = asyncio.run(_execute(shared_stack, kernel_id, code))
+        # In a thread of its own: an earlier test (Playwright's sync API) may own this thread's loop.
+        with ThreadPoolExecutor(1) as thread:
+            status, output = thread.submit(asyncio.run, _execute(shared_stack, kernel_id, code)).result()
     finally:
         session.delete(shared_stack.url(f"api/sessions/{opened.json()['id']}"), timeout=30)
     assert status == "ok", output
