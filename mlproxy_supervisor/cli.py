@@ -40,7 +40,18 @@ def cmd_agent(args) -> int:
     return main(_settings(args))
 
 
+def cmd_logs(args) -> int:
+    from .logforward import main
+
+    return main()
+
+
 def cmd_config(args) -> int:
+    if args.action == "reference":
+        from .config_reference import reference_markdown
+
+        print(reference_markdown())
+        return 0
     settings = _settings(args)
     if args.action == "check":
         print(f"configuration OK ({settings.source})")
@@ -55,6 +66,12 @@ def cmd_status(args) -> int:
     from . import status
 
     return status.run(_settings(args), args.json, args.wait, args.timeout)
+
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    return doctor.run(args.config)
 
 
 def cmd_url(args) -> int:
@@ -80,6 +97,18 @@ def cmd_ctl(args) -> int:
     os.execv(sys.executable, argv)
 
 
+def cmd_install(args) -> int:
+    from . import install
+
+    return install.run("install", enable=args.enable, now=args.now)
+
+
+def cmd_uninstall(args) -> int:
+    from . import install
+
+    return install.run("uninstall", purge=args.purge)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML config file (default: see `mlproxy config show`)")
@@ -95,9 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")
     status.set_defaults(func=cmd_status)
 
-    config = commands.add_parser("config", parents=[common], help="validate or show the configuration")
-    config.add_argument("action", choices=("check", "show"))
+    config = commands.add_parser("config", parents=[common], help="check, show (effective, secrets masked) or document the configuration")
+    config.add_argument("action", choices=("check", "show", "reference"))
     config.set_defaults(func=cmd_config)
+
+    doctor = commands.add_parser("doctor", parents=[common], help="diagnose why MLflow does not work behind Jupyter, with fixes")
+    doctor.set_defaults(func=cmd_doctor)
 
     url = commands.add_parser("url", parents=[common], help="print the URL to open, token included")
     url.add_argument("route", nargs="?", default="mlflow/", help="path under Jupyter (default mlflow/)")
@@ -107,12 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("args", nargs=argparse.REMAINDER)
     ctl.set_defaults(func=cmd_ctl)
 
+    install = commands.add_parser(
+        "install", help="(root) install the systemd service: user, directories, config, unit"
+    )
+    install.add_argument("--enable", action="store_true", help="start the service at boot")
+    install.add_argument("--now", action="store_true", help="start it now (returns once it is ready)")
+    install.set_defaults(func=cmd_install)
+
+    uninstall = commands.add_parser("uninstall", help="(root) remove the systemd service; keeps data unless --purge")
+    uninstall.add_argument("--purge", action="store_true", help="also remove config, data, logs and user mlproxy")
+    uninstall.set_defaults(func=cmd_uninstall)
+
     run = commands.add_parser("run", parents=[common], help="(used by supervisord) exec one server")
     run.add_argument("service", choices=("mlflow", "jupyter"))
     run.set_defaults(func=cmd_run)
 
     agent = commands.add_parser("agent", parents=[common], help="(used by supervisord) the health agent")
     agent.set_defaults(func=cmd_agent)
+
+    logs = commands.add_parser("logs", help="(used by supervisord) copy program output to stdout")
+    logs.set_defaults(func=cmd_logs)
     return parser
 
 

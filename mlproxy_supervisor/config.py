@@ -45,10 +45,10 @@ class MLflowSettings(_Section):
     port: Port = Field(5001, description="MLflow's port on loopback.")
     backend_store_uri: str | None = Field(
         None,
-        description="SQLAlchemy URI of the tracking store; default sqlite:////<state_dir>/mlflow.db.",
+        description="SQLAlchemy URI of the tracking store (SQLite or PostgreSQL).",
     )
     artifacts_destination: str | None = Field(
-        None, description="Where the server stores artifacts; default <state_dir>/artifacts."
+        None, description="Where the server stores artifacts (a directory or a URI such as s3://...)."
     )
     # 1 worker and no job runner: ~5 s cold start and ~0.3 GB instead of 20-46 s and GBs
     # (measured, see docs/benchmarks.md), and no keep-alive latency penalty.
@@ -107,7 +107,7 @@ class JupyterSettings(_Section):
     ip: str = Field("127.0.0.1", description="Address Jupyter binds to (0.0.0.0 in a container).")
     port: Port = Field(8888, description="Jupyter's port; MLflow is served under it.")
     base_url: str = Field("/", description="Jupyter's base URL.")
-    root_dir: Path | None = Field(None, description="Notebook directory; default <state_dir>/notebooks.")
+    root_dir: Path | None = Field(None, description="Notebook directory.")
     token_file: Path | None = Field(
         None, description="0600 file holding the token; generated on first start if missing."
     )
@@ -170,12 +170,14 @@ class Settings(BaseSettings):
     )
 
     state_dir: Path = Field(default_factory=_default_state_dir, description="Runs, artifacts, token.")
-    log_dir: Path | None = Field(None, description="Program logs; default <state_dir>/logs.")
+    log_dir: Path | None = Field(None, description="Program logs, one rotated file per program.")
     runtime_dir: Path | None = Field(
-        None, description="Socket, pid file, status document; default <state_dir>/run."
+        None, description="supervisord socket (0700), pid file, status document."
     )
-    log_target: Literal["files", "stdout"] = Field(
-        "files", description="Rotated files under log_dir, or stdout (container mode)."
+    log_target: Literal["files", "stdout", "journal"] = Field(
+        default_factory=lambda: "journal" if os.environ.get("JOURNAL_STREAM") else "files",
+        description="files: rotated files under log_dir; stdout (containers): every program's lines, "
+        "prefixed, on stdout too; journal: the files plus a copy of every line in systemd's journal.",
     )
     mlflow: MLflowSettings = MLflowSettings()
     jupyter: JupyterSettings = JupyterSettings()

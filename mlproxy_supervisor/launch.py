@@ -134,7 +134,7 @@ def prepare_mlflow(settings: Settings, env: dict[str, str]) -> None:
     uri = settings.mlflow.backend_store_uri
     database = schema.sqlite_database(uri)
     if database is None:
-        return  # other databases: `mlflow server` checks and exits 1 with its own message
+        return  # other databases: MLflow's own check (mlflow_app.py) refuses with its message
     state = schema.inspect_sqlite(database)
     if state is None or state.up_to_date:
         return

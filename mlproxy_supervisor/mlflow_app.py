@@ -12,12 +12,14 @@ do the retrying, visibly.
 """
 
 import fcntl
+import logging
 import os
 import sys
 
 import sqlalchemy
 
 from . import schema
+from .agent.probes import MLFLOW_PROBE_PATHS
 from .config import load_settings
 from .launch import MLFLOW_SERVER_ENV
 
@@ -64,6 +66,17 @@ def _initialize_stores() -> None:
             os.environ[MLFLOW_SERVER_ENV["artifact_root"]],
         )
 
+
+class WithoutProbes(logging.Filter):
+    """Drops the agent's probe requests from uvicorn's access log (args: client, method, path,
+    HTTP version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) >= 3 and args[1] == "GET" and args[2] in MLFLOW_PROBE_PATHS)
+
+
+logging.getLogger("uvicorn.access").addFilter(WithoutProbes())
 
 try:
     _initialize_stores()

@@ -47,7 +47,10 @@ class Problem:
 
 
 def _user() -> str:
-    return pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid with no passwd entry, e.g. `docker run --user 12345`
+        return str(os.geteuid())
 
 
 def check_dependencies(settings: Settings) -> list[Problem]:
@@ -100,10 +103,9 @@ def check_directories(settings: Settings) -> list[Problem]:
     directories = [
         (settings.state_dir, "state_dir"),
         (settings.runtime_dir, "runtime_dir"),
+        (settings.log_dir, "log_dir"),
         (settings.jupyter.root_dir, "jupyter.root_dir"),
     ]
-    if settings.log_target == "files":
-        directories.append((settings.log_dir, "log_dir"))
     destination = settings.mlflow.artifacts_destination
     if destination.startswith("/"):
         directories.append((Path(destination), "mlflow.artifacts_destination"))
@@ -111,8 +113,9 @@ def check_directories(settings: Settings) -> list[Problem]:
     if database is not None:
         directories.append((database.parent, "the directory of mlflow.backend_store_uri"))
     problems = [p for path, key in directories if (p := _writable_directory(path, key))]
-    if not problems:
-        settings.runtime_dir.chmod(0o700)  # the supervisord socket and the status live here
+    if problems:
+        return problems  # the database may sit in a directory we cannot even look into
+    settings.runtime_dir.chmod(0o700)  # the supervisord socket and the status live here
     if database is not None and database.exists() and not os.access(database, os.R_OK | os.W_OK):
         problems.append(
             Problem(f"the MLflow database {database} is not readable and writable by user {_user()}",

@@ -18,6 +18,7 @@ STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL, UNKNOWN = (
 )  # fmt: skip
 ALIVE_STATES = frozenset({STARTING, RUNNING, STOPPING})
 SHUTDOWN_STATE_FAULT = 6  # supervisor.xmlrpc.Faults.SHUTDOWN_STATE
+RPC_TIMEOUT = 3.0  # seconds one XML-RPC call may take before supervisord counts as unavailable
 
 
 class SupervisorUnavailable(Exception):
@@ -77,7 +78,7 @@ class _UnixTransport(xmlrpc.client.Transport):
 class Supervisor:
     """The calls the agent and the CLI make; every failure becomes SupervisorUnavailable."""
 
-    def __init__(self, socket_path: Path, timeout: float = 3.0):
+    def __init__(self, socket_path: Path, timeout: float = RPC_TIMEOUT):
         self.socket_path = socket_path
         self._proxy = xmlrpc.client.ServerProxy(
             "http://localhost", transport=_UnixTransport(str(socket_path), timeout), allow_none=True

@@ -15,6 +15,7 @@ from string import Template
 from .config import Settings
 
 PROGRAMS = ("agent", "mlflow", "jupyter")
+LOG_FORWARDER = "logs"  # stdout mode only
 LOG_MAXBYTES = "10MB"
 LOG_BACKUPS = 5
 
@@ -24,14 +25,21 @@ def _escape(value: object) -> str:
 
 
 def _logging(settings: Settings) -> str:
+    """Programs always log to files: the agent quotes a failing program's last lines from them."""
+    logfile = f"stdout_logfile={_escape(settings.log_dir)}/%(program_name)s.log\nredirect_stderr=true\n"
     if settings.log_target == "stdout":
-        return "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0\nredirect_stderr=true"
-    return (
-        f"stdout_logfile={_escape(settings.log_dir)}/%(program_name)s.log\n"
-        f"stdout_logfile_maxbytes={LOG_MAXBYTES}\n"
-        f"stdout_logfile_backups={LOG_BACKUPS}\n"
-        "redirect_stderr=true"
-    )
+        # Small files only for the agent's log tail; the `logs` listener copies output to stdout.
+        return logfile + "stdout_logfile_maxbytes=1MB\nstdout_logfile_backups=1\nstdout_events_enabled=true"
+    logfile += f"stdout_logfile_maxbytes={LOG_MAXBYTES}\nstdout_logfile_backups={LOG_BACKUPS}"
+    if settings.log_target == "journal":
+        # Under systemd, stdout is a socket that supervisord cannot open as /dev/stdout; its syslog
+        # copy goes to /dev/log, which journald files under the unit ("<program> <line>").
+        logfile += "\nstdout_syslog=true"
+    return logfile
+
+
+def programs(settings: Settings) -> tuple[str, ...]:
+    return PROGRAMS + ((LOG_FORWARDER,) if settings.log_target == "stdout" else ())
 
 
 def program_template(name: str) -> str:
@@ -45,11 +53,12 @@ def render_program(name: str, settings: Settings) -> str:
 
 
 def render_main(settings: Settings, programs_dir: Path) -> str:
+    # silent: no echo of supervisord's log to its stdout, except to the journal (where the file
+    # would otherwise be the only copy); in stdout mode the log file is stdout itself.
+    silent = "false" if settings.log_target == "journal" else "true"
     if settings.log_target == "stdout":
         logfile, maxbytes, backups = "/dev/stdout", "0", "0"
-        silent = "false"
     else:
-        silent = "true"  # its log is in log_dir; the terminal gets mlproxy's own lines
         logfile, maxbytes, backups = _escape(settings.log_dir / "supervisord.log"), LOG_MAXBYTES, LOG_BACKUPS
     socket = _escape(settings.socket_path)
     return f"""\
@@ -84,7 +93,9 @@ def write_config(settings: Settings) -> Path:
     """Write the main file and the programs into the runtime directory; return the main file."""
     programs_dir = settings.runtime_dir / "programs"
     programs_dir.mkdir(mode=0o700, exist_ok=True)
-    for name in PROGRAMS:
+    for stale in programs_dir.glob("*.conf"):
+        stale.unlink()
+    for name in programs(settings):
         (programs_dir / f"{name}.conf").write_text(render_program(name, settings))
     settings.supervisord_conf.write_text(render_main(settings, programs_dir))
     return settings.supervisord_conf

@@ -25,6 +25,7 @@ PR_SET_CHILD_SUBREAPER = 36
 # Variables systemd and containers set that are about our process tree, passed on as they are;
 # JUPYTER_TOKEN is consumed here and never passed on.
 CONSUMED_ENV = ("JUPYTER_TOKEN",)
+ORPHAN_GRACE = 5.0  # seconds leftovers get between SIGTERM and SIGKILL after supervisord exited
 
 
 def say(message: str) -> None:
@@ -52,7 +53,7 @@ def _children() -> list[int]:
     return pids
 
 
-def _kill_orphans(grace: float = 5.0) -> None:
+def _kill_orphans(grace: float = ORPHAN_GRACE) -> None:
     """Anything still our child after supervisord exited was orphaned by it: end it."""
     orphans = _children()
     if not orphans:
@@ -74,6 +75,24 @@ def _kill_orphans(grace: float = 5.0) -> None:
             pass
     time.sleep(0.1)
     _reap()
+
+
+def _reap_adopted(keep: int) -> None:
+    """Reap orphans that were reparented to us (a kernel whose Jupyter was killed, say), without
+    touching `keep` (supervisord, whose exit status Popen collects). A subreaper that never
+    waits for them leaves zombies for as long as the stack runs."""
+    while True:
+        try:
+            # WNOWAIT: look at the first exited child without collecting it.
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid == keep:
+            return  # nothing exited, or supervisord did: the loop's poll() sees it
+        try:
+            os.waitpid(info.si_pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def _reap() -> None:
@@ -170,6 +189,7 @@ def run(settings: Settings) -> int:
             time.sleep(0.02)
             continue
         time.sleep(0.1)
+        _reap_adopted(keep=supervisord.pid)
         status = report.read_status(settings.status_file)
         if not status or stopping:
             continue

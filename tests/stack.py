@@ -85,6 +85,10 @@ class Stack:
         )
         if self.config_file is not None:
             env["MLPROXY_CONFIG"] = str(self.config_file)
+        # JupyterLab keeps user settings and workspaces (open tabs) on the server, by default in
+        # ~/.jupyter/lab: keep each test stack's own, so no run inherits another's layout.
+        env["JUPYTERLAB_SETTINGS_DIR"] = str(self.state_dir / "lab" / "user-settings")
+        env["JUPYTERLAB_WORKSPACES_DIR"] = str(self.state_dir / "lab" / "workspaces")
         env.update(self.extra_env)
         return env
 

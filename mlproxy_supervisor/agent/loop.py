@@ -88,6 +88,7 @@ class Agent:
         self.last_document: dict | None = None
         self.last_write = 0.0
         self.last_watchdog = 0.0
+        self.last_summary: str | None = None
 
     def _start_metrics(self) -> metrics.MetricsServer | None:
         port = self.settings.agent.metrics_port
@@ -143,6 +144,9 @@ class Agent:
         if self.metrics is not None:
             self.metrics.text = metrics.render(memory, processes)
         summary = report.status_line(memory)
+        if summary != self.last_summary:  # the same line as systemd's StatusText, in the log/journal
+            log(f"status: {summary}")
+            self.last_summary = summary
         if memory.overall is Overall.READY and not self.ready_notified:
             self.notifier.ready(summary)
             self.ready_notified = True

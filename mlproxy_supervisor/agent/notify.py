@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import socket
 
+# The agent pings after every loop step in which supervisord answered, but not more often than
+# this: so the gap between pings is one loop step, and WatchdogSec only has to cover the longest
+# step (mlproxy_supervisor/systemd_unit.py derives it), not twice that.
+WATCHDOG_MIN_SPACING = 1.0
+
 
 class Notifier:
     """READY=1, STATUS=... and WATCHDOG=1 for a Type=notify unit; silent when not under systemd."""
@@ -17,8 +22,10 @@ class Notifier:
         self.address = address or None
         usec = environ.get("WATCHDOG_USEC", "")
         # The agent is not systemd's main process (WATCHDOG_PID names `mlproxy up`), but with
-        # NotifyAccess=all its datagrams count; ping at half the interval, as sd_watchdog_enabled advises.
-        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
+        # NotifyAccess=all its datagrams count. At least twice per interval, as
+        # sd_watchdog_enabled advises, and otherwise once a second.
+        enabled = usec.isdigit() and int(usec) > 0
+        self.watchdog_interval = min(int(usec) / 2e6, WATCHDOG_MIN_SPACING) if enabled else None
         self._last_status = None
 
     @property

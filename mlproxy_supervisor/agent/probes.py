@@ -16,7 +16,11 @@ from ..config import Settings
 from .reconcile import ROUTE, ProbeRequest, ProbeResult
 
 USER_AGENT = "mlproxy-agent"
-_EXPERIMENTS = "api/2.0/mlflow/experiments/search?max_results=1"
+# What the probes ask MLflow (directly and through Jupyter). mlflow_app.py keeps these requests
+# out of MLflow's access log, or they would be most of it (5 lines every 2 s).
+MLFLOW_LIVENESS = "/health"
+MLFLOW_READINESS = "/api/2.0/mlflow/experiments/search?max_results=1"  # touches the store
+MLFLOW_PROBE_PATHS = frozenset({MLFLOW_LIVENESS, MLFLOW_READINESS})
 
 
 @dataclass(frozen=True)
@@ -33,16 +37,16 @@ def checks(settings: Settings) -> dict[tuple[str, str], list[Check]]:
     jupyter = settings.jupyter_local_url
     port = settings.mlflow.port
     return {
-        ("mlflow", "liveness"): [Check(f"{mlflow}/health", expect_body=b"OK")],
+        ("mlflow", "liveness"): [Check(f"{mlflow}{MLFLOW_LIVENESS}", expect_body=b"OK")],
         # Readiness touches the store: the process answering is not enough.
-        ("mlflow", "readiness"): [Check(f"{mlflow}/{_EXPERIMENTS}", expect_body=b"{")],
+        ("mlflow", "readiness"): [Check(f"{mlflow}{MLFLOW_READINESS}", expect_body=b"{")],
         ("jupyter", "liveness"): [Check(f"{jupyter}/api", expect_body=b"{")],
         # Authenticated: proves the token Jupyter loaded is the one users and the agent hold.
         ("jupyter", "readiness"): [Check(f"{jupyter}/api/status", authenticated=True, expect_body=b"{")],
         (ROUTE, "readiness"): [
-            Check(f"{jupyter}/mlflow/health", authenticated=True, expect_body=b"OK"),
-            Check(f"{jupyter}/mlflow/{_EXPERIMENTS}", authenticated=True, expect_body=b"{"),
-            Check(f"{jupyter}/proxy/{port}/health", authenticated=True, expect_body=b"OK"),
+            Check(f"{jupyter}/mlflow{MLFLOW_LIVENESS}", authenticated=True, expect_body=b"OK"),
+            Check(f"{jupyter}/mlflow{MLFLOW_READINESS}", authenticated=True, expect_body=b"{"),
+            Check(f"{jupyter}/proxy/{port}{MLFLOW_LIVENESS}", authenticated=True, expect_body=b"OK"),
         ],
     }
 

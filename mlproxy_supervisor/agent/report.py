@@ -50,6 +50,8 @@ class EventLog:
 
 def status_line(memory: Memory) -> str:
     """The one-line summary used for systemd's STATUS= and the log."""
+    if not memory.supervisor_available:
+        return f"{memory.overall.value}: supervisord is not answering on its socket"
     parts = [f"{name} {mem.phase.value}" for name, mem in memory.services.items()]
     route = "route ok" if memory.route.ready else "route not ready"
     return f"{memory.overall.value}: " + ", ".join(parts) + f", {route}"

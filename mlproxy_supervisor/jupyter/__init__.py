@@ -32,7 +32,10 @@ def mlflow_server_process() -> dict:
         "port": _mlflow_port(),
         "absolute_url": False,  # MLflow serves from /; True would send /mlflow/... and get 404
         "new_browser_tab": True,
-        "launcher_entry": {"title": "MLflow", "icon_path": str(ICON), "category": "Other"},
+        # JupyterLab's launcher draws a card's icon from icon_url only in its kernel categories
+        # ("Notebook", "Console"); in "Other" the card is blank. "Notebook" is also
+        # jupyter-server-proxy's default, used by the other proxied apps.
+        "launcher_entry": {"title": "MLflow", "icon_path": str(ICON), "category": "Notebook"},
     }
 
 

@@ -16,9 +16,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server_proxy.handlers import NamedLocalProxyHandler
-from tornado import web
+from tornado import httpclient, web
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# MLflow's artifact downloads: the UI's preview/download links and the artifact REST API.
+ARTIFACT_DOWNLOAD = re.compile(r"^/(get-artifact|model-versions/get-artifact|(ajax-)?api/2\.0/mlflow-artifacts/artifacts/.+)")
+DOWNLOAD_LIMIT = 1 << 40  # bytes; streamed, so this bounds nothing in memory
 _JUPYTER_AUTH_SCHEME = re.compile(r"^\s*(token|bearer)\s+", re.IGNORECASE)
 
 
@@ -82,6 +85,17 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             else:
                 del headers["Cookie"]
         return headers
+
+    async def _proxy_buffered(self, host, port, proxied_path, body, client):
+        """Artifact downloads are streamed chunk by chunk, not buffered: jupyter-server-proxy holds
+        whole responses in memory and its client gives up over 100 MB (its issue #281)."""
+        if self.request.method == "GET" and ARTIFACT_DOWNLOAD.match(proxied_path):
+            streaming_client = httpclient.AsyncHTTPClient(force_instance=True, max_body_size=DOWNLOAD_LIMIT)
+            try:
+                return await self._proxy_progressive(host, port, proxied_path, body, streaming_client)
+            finally:
+                streaming_client.close()
+        return await super()._proxy_buffered(host, port, proxied_path, body, client)
 
     def get_client_uri(self, protocol, host, port, proxied_path):
         uri = super().get_client_uri(protocol, host, port, proxied_path)

@@ -225,8 +225,10 @@ def test_metrics_parse_as_prometheus_text(stack):
 
 @pytest.mark.skipif(binaries() is None, reason="PostgreSQL is not installed (apt-get install postgresql)")
 def test_crash_loop_is_reported_with_its_cause_and_recovers_when_fixed(tmp_path):
-    postgres = Postgres(tmp_path / "pg", 17432 + PORTS["jupyter_port"] - 17888).init()  # not started yet
-    config = f'[mlflow]\nbackend_store_uri = "{postgres.uri}"\n[agent]\nbackoff_initial = 2\nbackoff_max = 4\n'
+    postgres = Postgres(17432 + PORTS["jupyter_port"] - 17888).init()  # not started yet
+    # Stdout mode (systemd, containers): the cause must still reach the status, and every
+    # program's output the stack's stdout.
+    config = f'log_target = "stdout"\n[mlflow]\nbackend_store_uri = "{postgres.uri}"\n[agent]\nbackoff_initial = 2\nbackoff_max = 4\n'
     stack = Stack(tmp_path / "state", **ports(16888, 16001, 16181), config=config).start(wait=False)
     try:
         down = stack.wait_for(lambda s: s["services"].get("mlflow", {}).get("state") == "FATAL", timeout=120, what="MLflow FATAL")
@@ -243,9 +245,11 @@ def test_crash_loop_is_reported_with_its_cause_and_recovers_when_fixed(tmp_path)
         created = stack.session().post(stack.url("mlflow/api/2.0/mlflow/experiments/create"), json={"name": name}, timeout=10)
         assert created.status_code == 200
         assert _events(stack.status(), "mlflow", "retry"), "recovery should have come from the agent's retry"
+        output = stack.output.read_text()
+        assert "[mlflow] mlproxy: MLflow cannot use its backend store" in output
+        assert "[jupyter] " in output and "[agent] " in output
+        assert output.count("supervisord started") == 1, "each line once, not echoed twice"
+        assert output.count(stack.token) == 1, "the token is printed once (the URL, first start), nowhere else"
     finally:
         stack.stop()
-        try:
-            postgres.stop()
-        except Exception:
-            pass
+        postgres.stop()

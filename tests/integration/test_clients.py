@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import subprocess
@@ -119,7 +120,9 @@ def test_notebook_kernel_logs_to_the_managed_mlflow_without_setup(shared_stack):
     try:
         saved = session.get(shared_stack.url("api/contents/track.ipynb"), timeout=10).json()
         code = "".join(saved["content"]["cells"][0]["source"])
-        status, output = asyncio.run(_execute(shared_stack, kernel_id, code))
+        # In a thread of its own: an earlier test (Playwright's sync API) may own this thread's loop.
+        with ThreadPoolExecutor(1) as thread:
+            status, output = thread.submit(asyncio.run, _execute(shared_stack, kernel_id, code)).result()
     finally:
         session.delete(shared_stack.url(f"api/sessions/{opened.json()['id']}"), timeout=30)
     assert status == "ok", output
@@ -133,3 +136,42 @@ def test_notebook_kernel_logs_to_the_managed_mlflow_without_setup(shared_stack):
     ).json()["runs"]
     assert [r["info"]["run_id"] for r in runs] == [run_id]
     assert runs[0]["data"]["metrics"][0]["value"] == 0.91
+
+
+BIG_ARTIFACT = textwrap.dedent(
+    """
+    import hashlib, json, os, sys, tempfile
+    import mlflow
+    from mlflow import MlflowClient
+
+    size = int(sys.argv[1])
+    scratch = tempfile.mkdtemp()
+    path = os.path.join(scratch, "big.bin")
+    with open(path, "wb") as handle:
+        for _ in range(size // (1 << 20)):
+            handle.write(os.urandom(1 << 20))
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    mlflow.set_experiment("big-artifacts")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(path)
+    downloaded = MlflowClient().download_artifacts(run.info.run_id, "big.bin", tempfile.mkdtemp())
+    print(json.dumps({"run_id": run.info.run_id, "sent": digest, "received": hashlib.sha256(open(downloaded, "rb").read()).hexdigest()}))
+    """
+)
+
+
+def test_artifact_over_100_mb_round_trips_through_the_route(shared_stack, tmp_path):
+    """jupyter-server-proxy alone fails responses over about 100 MB (its issue #281)."""
+    size = 150 << 20
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPROXY_"))}
+    env.update(MLFLOW_TRACKING_URI=f"{shared_stack.base}/mlflow", MLFLOW_TRACKING_TOKEN=shared_stack.token)
+    result = subprocess.run([sys.executable, "-c", BIG_ARTIFACT, str(size)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["received"] == seen["sent"]
+    # The UI's download link, as a browser follows it, streams the same bytes.
+    answer = shared_stack.session().get(
+        shared_stack.url("mlflow/get-artifact"), params={"path": "big.bin", "run_uuid": seen["run_id"]}, stream=True, timeout=120
+    )
+    assert answer.status_code == 200
+    assert sum(len(chunk) for chunk in answer.iter_content(1 << 20)) == size

@@ -158,6 +158,8 @@ def test_launcher_entry_and_icon(shared_stack):
     mlflow = next(server for server in servers if server["name"] == "mlflow")
     assert mlflow["launcher_entry"]["title"] == "MLflow"
     assert mlflow["launcher_entry"]["path_info"] == "mlflow/"
+    # JupyterLab shows icon_url only for cards in its kernel categories (Notebook, Console).
+    assert mlflow["launcher_entry"]["category"] == "Notebook"
     icon = session.get(mlflow["launcher_entry"]["icon_url"] if mlflow["launcher_entry"]["icon_url"].startswith("http") else shared_stack.url(mlflow["launcher_entry"]["icon_url"]), timeout=10)
     assert icon.status_code == 200 and b"<svg" in icon.content
 
@@ -166,3 +168,11 @@ def test_token_stays_out_of_query_forwarded_to_mlflow(shared_stack):
     requests.get(shared_stack.url(f"mlflow/health?token={shared_stack.token}"), timeout=10)
     mlflow_log = (shared_stack.state_dir / "logs" / "mlflow.log").read_text()
     assert shared_stack.token not in mlflow_log
+
+
+def test_access_log_keeps_user_requests_and_drops_the_agents_probes(shared_stack):
+    shared_stack.session().get(shared_stack.url("mlflow/api/2.0/mlflow/experiments/search?max_results=7"), timeout=10)
+    log = (shared_stack.state_dir / "logs" / "mlflow.log").read_text()
+    assert "GET /api/2.0/mlflow/experiments/search?max_results=7 HTTP/1.1" in log
+    assert '"GET /health HTTP/1.1"' not in log
+    assert '"GET /api/2.0/mlflow/experiments/search?max_results=1 HTTP/1.1"' not in log

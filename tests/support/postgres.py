@@ -7,6 +7,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 
@@ -16,10 +17,11 @@ def binaries() -> Path | None:
 
 
 class Postgres:
-    """initdb + pg_ctl, trust auth on 127.0.0.1. As root it runs as the `postgres` user."""
+    """initdb + pg_ctl, trust auth on 127.0.0.1. As root it runs as the `postgres` user, in a
+    directory of its own under /tmp (pytest's temporary tree is private to root)."""
 
-    def __init__(self, directory: Path, port: int):
-        self.directory, self.port = Path(directory), port
+    def __init__(self, port: int):
+        self.directory, self.port = Path(tempfile.mkdtemp(prefix="mlproxy-pg-")), port
         self.bin = binaries()
         if self.bin is None:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
@@ -30,13 +32,9 @@ class Postgres:
         return subprocess.run([*prefix, *argv], check=True, capture_output=True, text=True, cwd="/")
 
     def init(self) -> Postgres:
-        self.directory.mkdir(parents=True, exist_ok=True)
         if self.user:
             entry = pwd.getpwnam(self.user)
             shutil.chown(self.directory, entry.pw_uid, entry.pw_gid)
-            for parent in self.directory.parents:  # the postgres user must reach its directory
-                if str(parent).startswith("/tmp/") and parent != Path("/tmp"):
-                    parent.chmod(parent.stat().st_mode | 0o711)
         self._run(str(self.bin / "initdb"), "-D", str(self.directory / "data"), "-A", "trust", "-U", "mlproxy")
         return self
 
@@ -51,4 +49,8 @@ class Postgres:
         )
 
     def stop(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
+        """Stop it if it runs, and remove its directory."""
+        pid_file = self.directory / "data" / "postmaster.pid"
+        if pid_file.exists():
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -59,11 +59,25 @@ def test_supervisord_programs_render_to_valid_ini_with_the_policies(tmp_path):
     assert priorities["agent"] > priorities["jupyter"] > priorities["mlflow"]
 
 
-def test_container_mode_logs_to_stdout(tmp_path):
+def test_stdout_mode_forwards_program_output_and_keeps_a_tail_file(tmp_path):
     config = settings(tmp_path, log_target="stdout")
     text = supervisord_conf.render_program("jupyter", config)
-    assert "stdout_logfile=/dev/stdout" in text and "stdout_logfile_maxbytes=0" in text
+    assert "stdout_events_enabled=true" in text and f"stdout_logfile={tmp_path}/logs/" in text
     assert "logfile=/dev/stdout" in supervisord_conf.render_main(config, tmp_path)
+    assert supervisord_conf.programs(config) == ("agent", "mlflow", "jupyter", "logs")
+    assert supervisord_conf.programs(settings(tmp_path)) == ("agent", "mlflow", "jupyter")
+    parser = configparser.RawConfigParser()
+    parser.read_string(supervisord_conf.render_program("logs", config))
+    assert parser["eventlistener:logs"]["events"] == "PROCESS_LOG"
+
+
+def test_forwarded_lines_are_prefixed_and_partial_lines_wait():
+    from mlproxy_supervisor.logforward import prefixed_lines
+
+    lines, rest = prefixed_lines("mlflow", "", "one\ntw")
+    assert (lines, rest) == (["[mlflow] one\n"], "tw")
+    lines, rest = prefixed_lines("mlflow", rest, "o\n")
+    assert (lines, rest) == (["[mlflow] two\n"], "")
 
 
 def test_main_config_has_only_a_private_unix_socket(tmp_path):
@@ -150,7 +164,7 @@ def test_notifier_sends_datagrams_and_watchdog_interval(tmp_path):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
         receiver.bind(path)
         notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"})
-        assert notifier.watchdog_interval == 5.0
+        assert notifier.watchdog_interval == 1.0  # every step, at most once a second (below 10 s / 2)
         notifier.ready("ready: all good")
         notifier.status("ready: all good")  # unchanged: not sent again
         notifier.status("degraded: mlflow starting")
@@ -214,4 +228,3 @@ def test_agent_observes_supervisord_with_one_call_per_step(tmp_path):
     agent.supervisor = Fake()
     assert agent.observe() == ("RUNNING", {}) and agent.observe() == ("RUNNING", {})
     assert Fake.calls == ["getAllProcessInfo", "getPID", "getAllProcessInfo"]
-

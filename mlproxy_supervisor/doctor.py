@@ -1,0 +1,196 @@
+"""`mlproxy doctor`: find what keeps MLflow from working behind Jupyter, and say how to fix it.
+
+Each check looks at one known way this goes wrong (DESIGN.md lists them: the proxy extension not
+loaded, a named server with absolute_url, MLflow not listening, a wrong token, MLflow's Host or
+Origin refusal, a port held by someone else, a config error). A stopped stack gets the checks that
+make sense without it (those `mlproxy up` makes before starting).
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import credentials, preflight
+from .config import ConfigError, Settings, load_settings
+from .rpc import Supervisor, SupervisorUnavailable
+
+TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+    def render(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        text = f"[{mark}] {self.check}" + (f": {self.detail}" if self.detail else "")
+        return text + (f"\n       fix: {self.fix}" if self.fix and not self.ok else "")
+
+
+def _get(url: str, token: str | None = None, headers: dict | None = None, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
+    """(status, body) or (0, error text) when nothing answers."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
+    all_headers = dict(headers or {})
+    if token:
+        all_headers["Authorization"] = f"token {token}"
+    try:
+        connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=all_headers)
+        response = connection.getresponse()
+        return response.status, response.read(2000)
+    except OSError as error:
+        return 0, str(error).encode()
+    finally:
+        connection.close()
+
+
+def check_extension_installed() -> Finding:
+    missing = [name for name in ("jupyter_server_proxy", "notebook") if importlib.util.find_spec(name) is None]
+    if missing:
+        return Finding("Jupyter extensions installed", False, f"{', '.join(missing)} not installed",
+                       "pip install -c constraints.txt jupyter-server-proxy notebook (or reinstall mlproxy)")
+    return Finding("Jupyter extensions installed", True, "jupyter-server-proxy and notebook present")
+
+
+def check_named_server_entry() -> Finding:
+    """The `mlflow` named server must strip its prefix: MLflow serves from /, not /mlflow/."""
+    registered = [ep for ep in entry_points(group="jupyter_serverproxy_servers") if ep.name == "mlflow"]
+    if not registered:
+        return Finding("named server 'mlflow' registered", False, "no jupyter_serverproxy_servers entry point 'mlflow'",
+                       "reinstall mlproxy in the environment Jupyter runs from (pip install -c constraints.txt .)")
+    try:
+        config = registered[0].load()()
+    except Exception as error:
+        return Finding("named server 'mlflow' registered", False, f"entry point fails: {error}", "run `mlproxy config check`")
+    if config.get("absolute_url"):
+        return Finding("named server 'mlflow' strips /mlflow/", False, "absolute_url is True: MLflow would get /mlflow/... and answer 404",
+                       "set absolute_url False for the 'mlflow' server")
+    return Finding("named server 'mlflow' strips /mlflow/", True, f"port {config['port']}, absolute_url False")
+
+
+def check_token(settings: Settings) -> tuple[Finding, str | None]:
+    if not settings.jupyter.token_file.exists():
+        return Finding("token file", True, f"{settings.jupyter.token_file} not created yet (`mlproxy up` generates it)"), None
+    try:
+        return Finding("token file", True, str(settings.jupyter.token_file)), credentials.read_token(settings.jupyter.token_file)
+    except credentials.CredentialError as error:
+        return Finding("token file", False, str(error), "run mlproxy as the user that owns the file (sudo), or delete it to generate a new token"), None
+
+
+def live_checks(settings: Settings, token: str | None) -> list[Finding]:
+    findings = []
+    mlflow, jupyter, port = settings.mlflow_url, settings.jupyter_local_url, settings.mlflow.port
+    status, body = _get(f"{mlflow}/health")
+    if status != 200:
+        findings.append(Finding("MLflow listening", False, f"{mlflow}/health: {status or body.decode()}",
+                                "see `mlproxy status` (last error and log lines) and the mlflow log"))
+    else:
+        findings.append(Finding("MLflow listening", True, f"{mlflow} answers /health"))
+    status, _ = _get(f"{jupyter}/api")
+    if status != 200:
+        findings.append(Finding("Jupyter listening", False, f"{jupyter}/api: {status or 'no answer'}", "see `mlproxy status` and the jupyter log"))
+        return findings
+    if token is None:
+        return findings
+    status, _ = _get(f"{jupyter}/api/status", token)
+    if status != 200:
+        findings.append(Finding("Jupyter accepts the token", False, f"HTTP {status} with the token from {settings.jupyter.token_file}",
+                                "Jupyter runs with another token: restart it with `mlproxy ctl restart jupyter`"))
+        return findings
+    findings.append(Finding("Jupyter accepts the token", True))
+    generic, _ = _get(f"{jupyter}/proxy/{port}/health", token)
+    if generic == 404:
+        findings.append(Finding("jupyter-server-proxy loaded", False, f"/proxy/{port}/health answers 404",
+                                "enable the extension: jupyter server extension enable --sys-prefix jupyter_server_proxy"))
+    else:
+        findings.append(Finding("jupyter-server-proxy loaded", generic == 200, f"/proxy/{port}/health: HTTP {generic}"))
+    named, body = _get(f"{jupyter}/mlflow/health", token)
+    if named == 404 and generic == 200:
+        findings.append(Finding("/mlflow/ route", False, "404: the named server is missing or sends /mlflow/... to MLflow (absolute_url)",
+                                "enable mlproxy's server extension: jupyter server extension enable --sys-prefix mlproxy_supervisor.jupyter"))
+    else:
+        findings.append(Finding("/mlflow/ route", named == 200, f"HTTP {named}"))
+    # MLflow's own checks refuse any Host but localhost and writes from other origins: mlproxy's
+    # handler presents proxied requests as loopback ones. A 403 here means it is not in front.
+    foreign = {"Host": f"mlproxy-doctor.example:{settings.jupyter.port}"}
+    status, body = _get(f"{jupyter}/mlflow/ajax-api/2.0/mlflow/experiments/search?max_results=1", token, foreign)
+    host_ok = status == 200
+    findings.append(Finding("MLflow reachable by any hostname", host_ok, f"HTTP {status}" + (f" {body[:80].decode(errors='replace')}" if not host_ok else ""),
+                            "MLflow refuses the Host header: enable mlproxy's server extension (mlproxy_supervisor.jupyter)"))
+    origin = {**foreign, "Origin": f"http://{foreign['Host']}", "Content-Type": "application/json"}
+    status, body = _get(f"{jupyter}/mlflow/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=x", token, origin)
+    origin_ok = status in (200, 404)
+    findings.append(Finding("same-origin requests accepted", origin_ok, f"HTTP {status}",
+                            "MLflow refuses the Origin: enable mlproxy's server extension (mlproxy_supervisor.jupyter)"))
+    return findings
+
+
+def _listeners_belong_to_stack(settings: Settings, supervisor: Supervisor) -> list[Finding]:
+    processes = supervisor.processes()
+    findings = []
+    for name, port in (("jupyter", settings.jupyter.port), ("mlflow", settings.mlflow.port)):
+        holders = preflight._listening_pids(port)
+        ours = processes.get(name)
+        if holders and ours and ours.pid not in holders and not _any_descendant(holders, ours.pid):
+            findings.append(Finding(f"port {port} held by this stack's {name}", False, f"held by {preflight.describe_port_owner(port)}",
+                                    f"stop that process, or set {name}.port to a free port"))
+        else:
+            findings.append(Finding(f"port {port} held by this stack's {name}", bool(holders), "" if holders else "nothing listens"))
+    return findings
+
+
+def _any_descendant(pids: list[int], ancestor: int) -> bool:
+    for pid in pids:
+        current = pid
+        for _ in range(10):
+            try:
+                stat = Path(f"/proc/{current}/stat").read_text()
+            except OSError:
+                break
+            current = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if current == ancestor:
+                return True
+            if current <= 1:
+                break
+    return False
+
+
+def diagnose(config_file: Path | None) -> list[Finding]:
+    try:
+        settings = load_settings(config_file)
+    except ConfigError as error:
+        return [Finding("configuration", False, str(error), "edit the file or variable named above; `mlproxy config check` re-checks")]
+    findings = [Finding("configuration", True, settings.source), check_extension_installed(), check_named_server_entry()]
+    token_finding, token = check_token(settings)
+    findings.append(token_finding)
+    supervisor = Supervisor(settings.socket_path, timeout=3)
+    try:
+        supervisor.state()
+    except SupervisorUnavailable:
+        findings.append(Finding("stack running", False, f"no supervisord on {settings.socket_path}", "start it: `mlproxy up` or `systemctl start mlproxy`"))
+        problems = preflight.check_dependencies(settings) + preflight.check_ports(settings) + preflight.check_schema(settings)
+        findings += [Finding("ready to start", False, problem.what, problem.fix) for problem in problems]
+        if not problems:
+            findings.append(Finding("ready to start", True, "ports free, dependencies present, schema current"))
+        return findings
+    findings.append(Finding("stack running", True, f"supervisord pid {supervisor.pid()}"))
+    findings += _listeners_belong_to_stack(settings, supervisor)
+    findings += live_checks(settings, token)
+    return findings
+
+
+def run(config_file: Path | None) -> int:
+    findings = diagnose(config_file)
+    for finding in findings:
+        print(finding.render())
+    failed = [f for f in findings if not f.ok]
+    print(f"\n{len(findings) - len(failed)} ok, {len(failed)} problem(s)")
+    return 1 if failed else 0

@@ -1,0 +1,1 @@
+mlproxy_supervisor/supervisord.conf.d

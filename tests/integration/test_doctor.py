@@ -1,0 +1,99 @@
+"""`mlproxy doctor` on a healthy stack, a stopped one, and real misconfigurations of the kind
+users hit: the proxy extension missing, and MLflow refusing the Host header."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+from mlproxy_supervisor import credentials, doctor, launch
+from mlproxy_supervisor.config import Settings
+from tests.stack import Stack, ports
+
+pytestmark = pytest.mark.integration
+
+
+def test_healthy_stack_passes(shared_stack):
+    result = shared_stack.mlproxy("doctor")
+    assert result.returncode == 0, result.stdout
+    assert "FAIL" not in result.stdout and "MLflow reachable by any hostname" in result.stdout
+
+
+def test_stopped_stack_with_a_port_conflict_and_a_bad_config(tmp_path):
+    stack = Stack(tmp_path / "state", **ports(27888, 27001, 27181))
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", stack.mlflow_port))
+        squatter.listen()
+        result = stack.mlproxy("doctor")
+    assert result.returncode == 1
+    assert "stack running" in result.stdout and "mlproxy up" in result.stdout
+    assert f"port {stack.mlflow_port} (mlflow.port)" in result.stdout and "fix:" in result.stdout
+    broken = Stack(tmp_path / "other", **ports(27888, 27001, 27181), config="[jupyter]\nprot = 1\n")
+    result = broken.mlproxy("doctor")
+    assert result.returncode == 1 and "jupyter.prot: unknown key" in result.stdout
+
+
+@pytest.fixture()
+def bare_servers(tmp_path):
+    """MLflow and Jupyter started by hand, the way people wire them without mlproxy; the test
+    chooses which Jupyter extensions are enabled."""
+    settings = Settings(state_dir=tmp_path, jupyter={"port": ports(26888, 0, 0)["jupyter_port"]}, mlflow={"port": ports(0, 26001, 0)["mlflow_port"]}, agent={"metrics_port": 0})
+    settings.runtime_dir.mkdir(parents=True)
+    settings.jupyter.root_dir.mkdir()
+    token = credentials.ensure_token(settings.jupyter.token_file)
+    credentials.write_private(settings.jupyter_token_copy, token)
+    started = []
+
+    def start(*extra_jupyter_args: str):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLPROXY_")}  # e.g. MLPROXY_TEST_*
+        env.update(MLPROXY_STATE_DIR=str(tmp_path), MLPROXY_MLFLOW__PORT=str(settings.mlflow.port))
+        for argv, extra in (launch.mlflow_command(settings), launch.jupyter_command(settings)):
+            if "notebook" in argv:
+                argv = [*argv, *extra_jupyter_args]
+            started.append(subprocess.Popen(argv, env={**env, **extra}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{settings.mlflow_url}/health", timeout=1).ok and requests.get(f"{settings.jupyter_local_url}/api", timeout=1).ok:
+                    return settings, token
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("bare servers did not come up")
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(30)
+
+
+def _failed(findings) -> dict[str, doctor.Finding]:
+    return {finding.check: finding for finding in findings if not finding.ok}
+
+
+def test_missing_mlproxy_extension_shows_as_host_refusal(bare_servers):
+    # jupyter-server-proxy alone: /mlflow/ exists (the entry point) but nothing rewrites Host.
+    settings, token = bare_servers("--ServerApp.jpserver_extensions=mlproxy_supervisor.jupyter=False")
+    failed = _failed(doctor.live_checks(settings, token))
+    assert set(failed) == {"MLflow reachable by any hostname", "same-origin requests accepted"}
+    assert "Invalid Host header" in failed["MLflow reachable by any hostname"].detail
+    assert "mlproxy_supervisor.jupyter" in failed["MLflow reachable by any hostname"].fix
+
+
+def test_missing_proxy_extension_shows_as_404(bare_servers):
+    settings, token = bare_servers("--ServerApp.jpserver_extensions=mlproxy_supervisor.jupyter=False", "--ServerApp.jpserver_extensions=jupyter_server_proxy=False")
+    failed = _failed(doctor.live_checks(settings, token))
+    assert "jupyter-server-proxy loaded" in failed
+    assert "jupyter server extension enable" in failed["jupyter-server-proxy loaded"].fix
+
+
+def test_wrong_token_is_diagnosed(bare_servers):
+    settings, _ = bare_servers()
+    failed = _failed(doctor.live_checks(settings, "not-the-token-at-all"))
+    assert "Jupyter accepts the token" in failed and "restart" in failed["Jupyter accepts the token"].fix

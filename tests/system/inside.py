@@ -1,0 +1,128 @@
+"""Client side of the system tests, run inside the container by the installation's Python
+(/opt/mlproxy/bin/python inside.py COMMAND ...); its last line of output is one JSON document.
+
+It talks to the stack the way a user on the machine would: through Jupyter's port, with the
+token from the state directory (root may read it, as `mlproxy url` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import requests
+
+BASE = "http://127.0.0.1:8888"
+TOKEN_FILE = Path("/var/lib/mlproxy/jupyter_token")
+EXPERIMENT = "system-test"
+STACK_WORDS = ("mlproxy", "supervisord", "mlflow", "jupyter", "uvicorn", "ipykernel")
+
+
+def token() -> str:
+    return TOKEN_FILE.read_text().strip()
+
+
+def route() -> dict:
+    """The three ways to MLflow through Jupyter, with and without the token."""
+    auth = {"Authorization": f"token {token()}"}
+    result = {}
+    for path in ("mlflow/health", "proxy/5001/health", "mlflow/api/2.0/mlflow/experiments/search?max_results=1"):
+        with_token = requests.get(f"{BASE}/{path}", headers=auth, timeout=10)
+        without = requests.get(f"{BASE}/{path}", timeout=10, allow_redirects=False)
+        result[path] = {"status": with_token.status_code, "body": with_token.text[:80], "without_token": without.status_code}
+    return result
+
+
+def _client():
+    os.environ["MLFLOW_TRACKING_URI"] = f"{BASE}/mlflow"
+    os.environ["MLFLOW_TRACKING_TOKEN"] = token()
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def log_runs(count: str) -> dict:
+    client = _client()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
+    ids = []
+    for number in range(int(count)):
+        run = client.create_run(experiment_id, run_name=f"run-{number}")
+        client.log_metric(run.info.run_id, "value", number)
+        client.set_terminated(run.info.run_id)
+        ids.append(run.info.run_id)
+    return {"logged": ids}
+
+
+def list_runs() -> dict:
+    client = _client()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return {"runs": []}
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return {"runs": sorted(run.info.run_id for run in runs)}
+
+
+async def _execute(kernel_id: str, code: str, timeout: float) -> tuple[str, str]:
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    request = HTTPRequest(f"ws://127.0.0.1:8888/api/kernels/{kernel_id}/channels", headers={"Authorization": f"token {token()}"})
+    connection = await websocket_connect(request)
+    msg_id = uuid.uuid4().hex
+    connection.write_message(json.dumps({
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex, "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False},
+    }))  # fmt: skip
+    output, status = [], None
+    while status is None:
+        message = json.loads(await asyncio.wait_for(connection.read_message(), timeout))
+        if message.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        if message["msg_type"] == "stream":
+            output.append(message["content"]["text"])
+        elif message["msg_type"] == "error":
+            output.append("\n".join(message["content"]["traceback"]))
+        elif message["msg_type"] == "execute_reply":
+            status = message["content"]["status"]
+    connection.close()
+    return status, "".join(output)
+
+
+def kernel(code_file: str) -> dict:
+    """Start a kernel through Jupyter (so it runs inside the service's sandbox), run the code."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"token {token()}"
+    started = session.post(f"{BASE}/api/kernels", json={"name": "python3"}, timeout=60)
+    started.raise_for_status()
+    kernel_id = started.json()["id"]
+    try:
+        status, output = asyncio.run(_execute(kernel_id, Path(code_file).read_text(), timeout=120))
+    finally:
+        session.delete(f"{BASE}/api/kernels/{kernel_id}", timeout=60)
+    return {"status": status, "output": output}
+
+
+def processes() -> dict:
+    """Every process whose command line names a part of the stack."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != str(os.getpid()):
+            try:
+                command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if any(word in command for word in STACK_WORDS) and "inside.py" not in command:
+                found[entry] = command
+    return {"processes": found}
+
+
+COMMANDS = {"route": route, "log-runs": log_runs, "list-runs": list_runs, "kernel": kernel, "processes": processes}
+
+if __name__ == "__main__":
+    print(json.dumps(COMMANDS[sys.argv[1]](*sys.argv[2:])))

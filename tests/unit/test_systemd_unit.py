@@ -1,0 +1,145 @@
+"""The systemd unit: rendered from the one model, committed without drift, hardened, timed right."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mlproxy_supervisor import install, supervisord_conf, systemd_unit
+from mlproxy_supervisor.agent.notify import Notifier
+from mlproxy_supervisor.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "systemd" / "mlproxy.service"
+REGENERATE = "python -m mlproxy_supervisor.systemd_unit > systemd/mlproxy.service"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("MLPROXY_") or name in ("STATE_DIRECTORY", "LOGS_DIRECTORY", "RUNTIME_DIRECTORY", "JOURNAL_STREAM"):
+            monkeypatch.delenv(name)
+
+
+def settings(**changes) -> Settings:
+    data = tomllib.loads(install.DEFAULT_CONFIG)
+    for key, value in changes.items():
+        section, _, name = key.rpartition("__")
+        (data.setdefault(section, {}) if section else data)[name] = value
+    return Settings(**data)
+
+
+def directive(unit: str, name: str) -> list[str]:
+    return re.findall(rf"^{name}=(.*)$", unit, re.M)
+
+
+def test_committed_unit_is_the_renderers_output():
+    rendered = systemd_unit.render(install.default_settings(), systemd_unit.DOCUMENTED_PYTHON)
+    assert COMMITTED.read_text() == rendered, f"systemd/mlproxy.service drifted from the renderer; regenerate: {REGENERATE}"
+
+
+def test_unit_names_the_installation_and_the_installed_config():
+    unit = systemd_unit.render(install.default_settings(), "/srv/venv/bin/python3")
+    assert directive(unit, "ExecStart") == ["/srv/venv/bin/python3 -m mlproxy_supervisor up --config /etc/mlproxy/mlproxy.toml"]
+    assert directive(unit, "Type") == ["notify"] and directive(unit, "NotifyAccess") == ["all"]
+    assert directive(unit, "User") == ["mlproxy"]
+    for kind in ("State", "Runtime", "Logs", "Configuration"):
+        assert directive(unit, f"{kind}Directory") == ["mlproxy"]
+
+
+def test_default_config_matches_the_directories_systemd_makes():
+    config = install.default_settings()
+    assert (config.state_dir, config.runtime_dir, config.log_dir) == (
+        systemd_unit.STATE_DIR, systemd_unit.RUNTIME_DIR, systemd_unit.LOG_DIR,
+    )  # fmt: skip
+    assert config.log_target == "journal"
+    assert systemd_unit.writable_paths(config) == []  # everything lives in the unit's own directories
+
+
+def test_stop_timeout_covers_the_programs_ordered_stop():
+    config = install.default_settings()
+    stops = {}
+    for name in supervisord_conf.PROGRAMS:
+        stops[name] = int(re.search(r"^stopwaitsecs=(\d+)", supervisord_conf.program_template(name), re.M).group(1))
+    timeouts = systemd_unit.timeouts(config)
+    assert timeouts.stop_budget == sum(stops.values())
+    assert timeouts.stop > sum(stops.values()) + 5  # plus `mlproxy up`'s grace for leftovers
+    assert directive(systemd_unit.render(config), "TimeoutStopSec") == [str(timeouts.stop)]
+    assert directive(systemd_unit.render(config), "KillMode") == ["mixed"]  # SIGTERM to `mlproxy up` only
+
+
+def test_start_timeout_follows_the_agents_budgets():
+    default = systemd_unit.timeouts(settings())
+    slower = systemd_unit.timeouts(settings(agent__mlflow_startup_budget=600))
+    assert slower.start - default.start == 600 - 120
+    assert default.start >= 120 + 60  # never shorter than what the agent itself waits
+    assert default.start_limit_interval >= systemd_unit.START_LIMIT_BURST * default.start
+
+
+def test_watchdog_covers_the_longest_agent_step_and_the_agent_pings_often_enough():
+    config = install.default_settings()
+    timeouts = systemd_unit.timeouts(config)
+    assert timeouts.watchdog > systemd_unit.agent_step_bound(config) + 1
+    usec = str(timeouts.watchdog * 1_000_000)
+    notifier = Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": usec})
+    assert notifier.watchdog_interval == 1.0  # every step, at most once a second
+    assert Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1000000"}).watchdog_interval == 0.5
+    assert Notifier({"NOTIFY_SOCKET": "/run/x"}).watchdog_interval is None
+    slower_probes = settings(agent__readiness={"period": 2, "timeout": 20, "failure_threshold": 2})
+    assert systemd_unit.timeouts(slower_probes).watchdog > timeouts.watchdog
+
+
+def test_directories_outside_the_units_own_are_made_writable():
+    config = settings(state_dir="/data/mlproxy", mlflow__artifacts_destination="/srv/artifacts")
+    unit = systemd_unit.render(config)
+    assert directive(unit, "ReadWritePaths") == ["-/data/mlproxy", "-/srv/artifacts"]
+    assert directive(unit, "WorkingDirectory") == ["/data/mlproxy"]
+
+
+def test_journal_log_target_keeps_files_and_copies_to_the_journal(tmp_path):
+    config = settings(log_target="journal")
+    program = supervisord_conf.render_program("mlflow", config)
+    assert "stdout_logfile=/var/log/mlproxy/%(program_name)s.log" in program
+    assert "stdout_syslog=true" in program
+    assert "silent=false" in supervisord_conf.render_main(config, tmp_path)
+    files = settings(log_target="files")
+    assert "stdout_syslog" not in supervisord_conf.render_program("mlflow", files)
+    assert "silent=true" in supervisord_conf.render_main(files, tmp_path)
+
+
+def test_log_target_defaults_to_the_journal_when_systemd_connects_it(monkeypatch):
+    assert Settings(state_dir="/tmp/x").log_target == "files"
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    assert Settings(state_dir="/tmp/x").log_target == "journal"
+
+
+@pytest.mark.parametrize("executable", ["/root/venv/bin/python3", "/home/ada/venv/bin/python3"])
+def test_install_refuses_an_installation_protecthome_hides(monkeypatch, executable):
+    monkeypatch.setattr(install.sys, "executable", executable)
+    with pytest.raises(install.InstallError, match=r"ProtectHome=yes hides[\s\S]*/opt/mlproxy"):
+        install.check_location()
+
+
+def test_install_and_uninstall_need_root(monkeypatch, capsys):
+    monkeypatch.setattr(install.os, "geteuid", lambda: 1000)
+    assert install.run("install") == 1
+    assert "must run as root" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (apt-get install systemd)")
+def test_hardening_exposure_is_at_most_2():
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--threshold=20", "--no-pager", str(COMMITTED)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    score = re.search(r"Overall exposure level for mlproxy\.service: ([\d.]+)", result.stdout).group(1)
+    assert float(score) <= 2.0
+    # The unit's own comment states the score; keep it true.
+    assert f"scores this unit {score} " in COMMITTED.read_text(), f"update the score in the unit's comment to {score}"
