@@ -148,8 +148,8 @@ def _breakdown(mlproxy: list[dict], bare: list[dict]) -> dict:
 
     return {
         "up_to_supervisord_started": step(mlproxy, "supervisord_started"),
+        "supervisord_started_to_mlflow_spawned": step(mlproxy, "mlflow_spawned", "supervisord_started"),
         "supervisord_started_to_agent_spawned": step(mlproxy, "agent_spawned", "supervisord_started"),
-        "agent_spawned_to_mlflow_spawned": step(mlproxy, "mlflow_spawned", "agent_spawned"),
         "mlflow_spawned_to_agent_sees_ready": step(mlproxy, "mlflow_ready", "mlflow_spawned"),
         "agent_sees_mlflow_ready_to_jupyter_spawned": step(mlproxy, "jupyter_spawned", "mlflow_ready"),
         "jupyter_spawned_to_route_works": step(mlproxy, "ready_s", "jupyter_spawned"),
@@ -252,8 +252,8 @@ def _breakdown_table(summary: dict) -> list[str]:
         return []
     rows = [
         ("`mlproxy up` exec → supervisord started", "up_to_supervisord_started", None),
-        ("supervisord started → agent spawned", "supervisord_started_to_agent_spawned", None),
-        ("agent spawned → MLflow spawned", "agent_spawned_to_mlflow_spawned", None),
+        ("supervisord started → MLflow spawned", "supervisord_started_to_mlflow_spawned", None),
+        ("supervisord started → agent spawned (beside MLflow)", "supervisord_started_to_agent_spawned", None),
         ("MLflow spawned → agent sees it ready", "mlflow_spawned_to_agent_sees_ready", "bare_mlflow_ready"),
         ("agent sees MLflow ready → Jupyter spawned", "agent_sees_mlflow_ready_to_jupyter_spawned", None),
         ("Jupyter spawned → route works (outside poll)", "jupyter_spawned_to_route_works", "bare_jupyter_to_route"),

@@ -77,7 +77,6 @@ def _mlproxy_breakdown(stack: Mlproxy, wall0: float) -> dict:
         "breakdown": {
             "supervisord_started": timeline.first(supervisord, lambda e: e[1].startswith("supervisord started"), wall0),
             "agent_spawned": spawned("agent"),
-            "mlflow_start_decided": agent_at("mlflow", "start"),
             "mlflow_spawned": spawned("mlflow"),
             "mlflow_ready": agent_at("mlflow", "ready"),
             "jupyter_spawned": spawned("jupyter"),

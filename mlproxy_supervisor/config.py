@@ -137,7 +137,7 @@ class ProbeSettings(_Section):
 
 
 class AgentSettings(_Section):
-    startup_period: Seconds = Field(0.2, description="Startup probe period (fast poll).")
+    startup_period: Seconds = Field(0.1, description="Probe period while a service or the route is not ready yet (fast poll).")
     mlflow_startup_budget: Seconds = Field(
         120, description="Seconds MLflow may take to become ready before it counts as failed."
     )

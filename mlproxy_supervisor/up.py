@@ -105,22 +105,19 @@ def _reap() -> None:
             return
 
 
-def start_agent_now(settings: Settings) -> bool:
-    """Ask supervisord to start the agent as soon as its socket answers; True once asked.
+def wake_supervisord(settings: Settings) -> bool:
+    """Talk to supervisord as soon as its socket answers; True once it has.
 
-    supervisord spawns autostart programs only after its main loop's first poll, which waits a
-    full second when nothing wakes it: a second added to every start (measured in
-    docs/benchmarks.md). Starting the agent over the socket is immediate; should supervisord
-    have started it already, it says so and nothing happens twice.
+    supervisord spawns its autostart programs (MLflow and the agent) only after its main loop's
+    first poll, which waits a full second unless something arrives on a socket: a second added
+    to every start (measured in docs/benchmarks.md). Any request ends that wait.
     """
     if not settings.socket_path.exists():
         return False
     try:
-        Supervisor(settings.socket_path, timeout=2).start("agent")
+        Supervisor(settings.socket_path, timeout=2).pid()
     except SupervisorUnavailable:
         return False  # not listening yet
-    except Exception:  # an XML-RPC fault: supervisord answers, its autostart takes over
-        return True
     return True
 
 
@@ -182,10 +179,10 @@ def run(settings: Settings) -> int:
 
     announced = False
     last_overall = None
-    agent_asked = False
+    woken = False
     while supervisord.poll() is None:
-        if not agent_asked and not stopping:
-            agent_asked = start_agent_now(settings)
+        if not woken and not stopping:
+            woken = wake_supervisord(settings)
             time.sleep(0.02)
             continue
         time.sleep(0.1)

@@ -142,7 +142,7 @@ class Agent:
             report.write_atomically(self.settings.status_file, document)
             self.last_document, self.last_write = comparable, now
         if self.metrics is not None:
-            self.metrics.text = metrics.render(memory, processes)
+            self.metrics.latest = (memory, processes)
         summary = report.status_line(memory)
         if summary != self.last_summary:  # the same line as systemd's StatusText, in the log/journal
             log(f"status: {summary}")
@@ -195,7 +195,7 @@ class Agent:
             except Exception as error:  # a bug or a surprise must not take the agent down in a loop
                 log(f"agent step failed: {type(error).__name__}: {error}")
                 busy = False
-            self.prober.wait(self.settings.agent.startup_period if busy else IDLE_TICK)
+            self.prober.wait(self.settings.agent.startup_period if busy else IDLE_TICK, wake_on_success=busy)
         log("agent stopping")
         if self.metrics is not None:
             self.metrics.close()

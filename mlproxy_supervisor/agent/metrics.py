@@ -45,10 +45,10 @@ def render(memory: Memory, processes: dict[str, ProcessInfo]) -> str:
 
 
 class MetricsServer:
-    """Serves the latest rendering; the agent loop replaces it after each step."""
+    """Serves the agent's latest view, rendered when scraped (not at every loop step)."""
 
     def __init__(self, port: int):
-        self.text = "# no data yet\n"
+        self.latest: tuple[Memory, dict[str, ProcessInfo]] | None = None  # replaced whole: no lock
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,7 +56,8 @@ class MetricsServer:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404)
                     return
-                body = server.text.encode()
+                latest = server.latest
+                body = (render(*latest) if latest else "# no data yet\n").encode()
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE)
                 self.send_header("Content-Length", str(len(body)))

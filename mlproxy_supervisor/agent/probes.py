@@ -109,9 +109,19 @@ class Prober:
         done = [key for key, future in self._in_flight.items() if future.done()]
         return tuple(self._in_flight.pop(key).result() for key in done)
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until a probe finishes or the timeout passes, whichever comes first."""
-        if self._in_flight:
-            wait(list(self._in_flight.values()), timeout=timeout, return_when=FIRST_COMPLETED)
-        else:
-            time.sleep(timeout)
+    def wait(self, timeout: float, wake_on_success: bool = True) -> None:
+        """Sleep until a probe finishes or the timeout passes, whichever comes first.
+
+        With wake_on_success False (a settled stack), only a failed probe ends the sleep early:
+        a success changes nothing that cannot wait for the next tick, and waking for each of
+        the five probes that come due together every period was most of the agent's idle CPU.
+        """
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            pending = [future for future in self._in_flight.values() if not future.done()]
+            if not pending:
+                time.sleep(remaining)
+                return
+            finished, _ = wait(pending, timeout=remaining, return_when=FIRST_COMPLETED)
+            if wake_on_success or any(future.exception() or not future.result().ok for future in finished):
+                return

@@ -68,9 +68,14 @@ def bare_servers(tmp_path):
         raise AssertionError("bare servers did not come up")
 
     yield start
-    for process in started:
+    for process in reversed(started):  # Jupyter first, as supervisord stops them
         process.terminate()
-        process.wait(30)
+    for process in started:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
 
 
 def _failed(findings) -> dict[str, doctor.Finding]:

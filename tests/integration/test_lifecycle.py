@@ -74,10 +74,10 @@ def _log_time(line: str) -> float:
     return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
 
 
-def test_agent_starts_without_waiting_for_supervisords_first_poll(tmp_path):
+def test_mlflow_and_agent_start_without_waiting_for_supervisords_first_poll(tmp_path):
     # supervisord spawns autostart programs after its first poll, which waits a full second
-    # unless a request wakes it; `up` asks for the agent at once. Nothing here touches the
-    # socket (`mlproxy status` would wake supervisord and hide the delay).
+    # unless a request wakes it; `up` wakes it at once. Nothing here touches the socket
+    # (`mlproxy status` would wake supervisord and hide the delay).
     stack = Stack(tmp_path / "state", **ports(18878, 15011, 19171)).start(wait=False)
     log = stack.state_dir / "logs" / "supervisord.log"
     try:
@@ -87,6 +87,7 @@ def test_agent_starts_without_waiting_for_supervisords_first_poll(tmp_path):
     finally:
         assert stack.stop() == 0
     lines = log.read_text().splitlines()
-    started = next(line for line in lines if "supervisord started with pid" in line)
-    spawned = next(line for line in lines if "spawned: 'agent'" in line)
-    assert _log_time(spawned) - _log_time(started) < 0.9, "\n".join(lines)
+    started = _log_time(next(line for line in lines if "supervisord started with pid" in line))
+    for program in ("mlflow", "agent"):
+        spawned = next(line for line in lines if f"spawned: '{program}'" in line)
+        assert _log_time(spawned) - started < 0.9, "\n".join(lines)

@@ -50,7 +50,8 @@ def test_supervisord_programs_render_to_valid_ini_with_the_policies(tmp_path):
         parser.read_string(supervisord_conf.render_program(name, config))
     mlflow = parser["program:mlflow"]
     assert mlflow["command"] == f"{sys.executable} -m mlproxy_supervisor run mlflow"
-    assert mlflow["autostart"] == "false", "the agent starts MLflow, in order"
+    assert mlflow["autostart"] == "true", "first in order: supervisord starts it with the agent"
+    assert parser["program:jupyter"]["autostart"] == "false", "the agent starts Jupyter once MLflow is ready"
     assert (mlflow["stopasgroup"], mlflow["killasgroup"]) == ("true", "true")
     assert mlflow["stdout_logfile"] == f"{tmp_path}/logs/%(program_name)s.log"
     assert parser["program:agent"]["autostart"] == "true"
