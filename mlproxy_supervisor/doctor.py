@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import credentials, preflight
+from . import credentials, preflight, procfs
 from .config import ConfigError, Settings, load_settings
 from .rpc import Supervisor, SupervisorUnavailable
 
@@ -137,30 +137,14 @@ def _listeners_belong_to_stack(settings: Settings, supervisor: Supervisor) -> li
     processes = supervisor.processes()
     findings = []
     for name, port in (("jupyter", settings.jupyter.port), ("mlflow", settings.mlflow.port)):
-        holders = preflight._listening_pids(port)
+        holders = procfs.listening_pids(port)
         ours = processes.get(name)
-        if holders and ours and ours.pid not in holders and not _any_descendant(holders, ours.pid):
+        if holders and ours and ours.pid not in holders and not any(procfs.is_descendant(pid, ours.pid) for pid in holders):
             findings.append(Finding(f"port {port} held by this stack's {name}", False, f"held by {preflight.describe_port_owner(port)}",
                                     f"stop that process, or set {name}.port to a free port"))
         else:
             findings.append(Finding(f"port {port} held by this stack's {name}", bool(holders), "" if holders else "nothing listens"))
     return findings
-
-
-def _any_descendant(pids: list[int], ancestor: int) -> bool:
-    for pid in pids:
-        current = pid
-        for _ in range(10):
-            try:
-                stat = Path(f"/proc/{current}/stat").read_text()
-            except OSError:
-                break
-            current = int(stat[stat.rindex(")") + 2 :].split()[1])
-            if current == ancestor:
-                return True
-            if current <= 1:
-                break
-    return False
 
 
 def diagnose(config_file: Path | None) -> list[Finding]:

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import schema
+from . import procfs, schema
 from .config import Settings
 from .rpc import Supervisor, SupervisorUnavailable
 
@@ -124,39 +124,12 @@ def check_directories(settings: Settings) -> list[Problem]:
     return problems
 
 
-def _listening_pids(port: int) -> list[int]:
-    """Pids of processes listening on a TCP port (only those this user may inspect)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                inodes.add(fields[9])
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            links = {os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")}
-        except OSError:
-            continue
-        if any(f"socket:[{inode}]" in links for inode in inodes):
-            pids.append(int(entry))
-    return pids
-
-
 def describe_port_owner(port: int) -> str:
     owners = []
-    for pid in _listening_pids(port):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        owners.append(f"pid {pid} ({command[:80]})")
+    for pid in procfs.listening_pids(port):
+        command = procfs.command_line(pid)
+        if command is not None:
+            owners.append(f"pid {pid} ({command[:80]})")
     return ", ".join(owners) or "another process"
 
 

@@ -14,16 +14,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from . import credentials, preflight, supervisord_conf
+from . import credentials, preflight, procfs, supervisord_conf
 from .agent import report
 from .config import CONFIG_PATH_ENV, Settings
 from .rpc import Supervisor, SupervisorUnavailable
 
 PR_SET_CHILD_SUBREAPER = 36
-# Variables systemd and containers set that are about our process tree, passed on as they are;
-# JUPYTER_TOKEN is consumed here and never passed on.
+# Read here and never passed on: a JUPYTER_TOKEN given to `up` is stored in the token file,
+# which is the one source the programs read.
 CONSUMED_ENV = ("JUPYTER_TOKEN",)
 ORPHAN_GRACE = 5.0  # seconds leftovers get between SIGTERM and SIGKILL after supervisord exited
 
@@ -39,23 +38,9 @@ def _become_subreaper() -> None:
         pass  # not Linux: orphans go to init instead
 
 
-def _children() -> list[int]:
-    me = str(os.getpid())
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if stat[stat.rindex(")") + 2 :].split()[1] == me:
-                pids.append(int(entry))
-    return pids
-
-
 def _kill_orphans(grace: float = ORPHAN_GRACE) -> None:
     """Anything still our child after supervisord exited was orphaned by it: end it."""
-    orphans = _children()
+    orphans = procfs.children(os.getpid())
     if not orphans:
         return
     say(f"stopping {len(orphans)} process(es) left behind by supervisord")
@@ -65,10 +50,10 @@ def _kill_orphans(grace: float = ORPHAN_GRACE) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _children():
+    while time.monotonic() < deadline and procfs.children(os.getpid()):
         _reap()
         time.sleep(0.1)
-    for pid in _children():
+    for pid in procfs.children(os.getpid()):
         try:
             os.killpg(os.getpgid(pid), signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

@@ -11,9 +11,8 @@ import signal
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
-from .. import credentials
+from .. import credentials, procfs
 from ..config import Settings
 from ..rpc import ALIVE_STATES, STOPPED, Supervisor, SupervisorUnavailable
 from . import metrics, reconcile, report
@@ -30,24 +29,9 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def process_group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:  # fields: state, ppid, pgrp, ...
-            members.append(int(entry))
-    return members
-
-
 def kill_group(pgid: int) -> None:
     """SIGKILL a program's whole process group (supervisord makes each program a group leader)."""
-    if pgid <= 1 or not process_group_members(pgid):
+    if pgid <= 1 or not procfs.group_members(pgid):
         return
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -206,7 +190,7 @@ class Agent:
         child after a kill -9 of its parent), so it cannot hold the port against the new one."""
         for name, old_pid in previous.items():
             info = processes.get(name)  # None when supervisord did not answer: decide nothing
-            if old_pid and info is not None and info.pid != old_pid and process_group_members(old_pid):
+            if old_pid and info is not None and info.pid != old_pid and procfs.group_members(old_pid):
                 log(f"{name}: killing leftovers of process group {old_pid}")
                 kill_group(old_pid)
 

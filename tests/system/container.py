@@ -26,6 +26,8 @@ import time
 import tomllib
 from pathlib import Path
 
+from mlproxy_supervisor import procfs
+
 CACHE = Path(os.environ.get("MLPROXY_TEST_CACHE", "/var/cache/mlproxy-test"))
 SUITE = "bookworm"
 # What the container needs and nothing more: systemd as init, and python3 with venv (ensurepip).
@@ -80,7 +82,7 @@ def ensure_rootfs() -> Path:
     log(f"building {rootfs} with debootstrap (cached for later runs)")
     result = subprocess.run(
         ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(partial), _mirror()],
-        capture_output=True, text=True,
+        check=False, capture_output=True, text=True,
     )  # fmt: skip
     if result.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
@@ -114,7 +116,7 @@ def _dependency_key(repo: Path) -> str:
 
 
 def _pip(*args: str, timeout: float = 900) -> None:
-    result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([sys.executable, "-m", "pip", *args], check=False, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise HarnessError(f"pip {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
@@ -198,7 +200,7 @@ def sweep_stale(workdir_prefix: str) -> None:
                     except ProcessLookupError:
                         pass
         time.sleep(0.5)
-        subprocess.run(["umount", "--lazy", str(workdir / "container" / "merged")], capture_output=True)
+        subprocess.run(["umount", "--lazy", str(workdir / "container" / "merged")], check=False, capture_output=True)
         for root in CGROUP_ROOTS:
             _remove_cgroup_tree(root / f"mlproxy-test-{name}")
         shutil.rmtree(f"/run/systemd/nspawn/propagate/{name}", ignore_errors=True)
@@ -262,28 +264,15 @@ class Container:
         return self
 
     def _find_leader(self) -> int | None:
-        for pid in self._children(self.nspawn.pid):
+        for pid in procfs.children(self.nspawn.pid):
             try:
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                nspid = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("NSpid:"))
+                nspid = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("NSpid:"))
             except (OSError, StopIteration):
                 continue
             if comm == "systemd" and nspid.split()[-1] == "1":
                 return pid
         return None
-
-    @staticmethod
-    def _children(parent: int) -> list[int]:
-        children = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
-                    children.append(int(entry))
-        return children
 
     def teardown(self, timeout: float = 30) -> None:
         if self.nspawn is not None and self.nspawn.poll() is None:
@@ -300,7 +289,7 @@ class Container:
                 self.nspawn.kill()
                 self.nspawn.wait(10)
         if self.merged.exists():
-            subprocess.run(["umount", str(self.merged)], capture_output=True)
+            subprocess.run(["umount", str(self.merged)], check=False, capture_output=True)
         for path in self.cgroups:
             _remove_cgroup_tree(path)
         shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.name}", ignore_errors=True)
@@ -312,7 +301,7 @@ class Container:
         """Run a command inside (all namespaces of the container's PID 1) with a clean environment."""
         variables = {"PATH": PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "cat", "SYSTEMD_COLORS": "0", **(env or {})}
         command = ["nsenter", "-t", str(self.leader), "-a", "--", "env", "-i", *(f"{k}={v}" for k, v in variables.items()), *argv]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, input=input)
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, input=input)
         if check and result.returncode != 0:
             raise HarnessError(
                 f"inside the container, {' '.join(argv)} exited {result.returncode}:\n"
@@ -335,7 +324,7 @@ class Container:
                 status = Path(f"/proc/{entry}/status").read_text()
             except OSError:
                 continue
-            nspid = next((l for l in status.splitlines() if l.startswith("NSpid:")), "")
+            nspid = next((line for line in status.splitlines() if line.startswith("NSpid:")), "")
             if nspid.split()[-1:] == [str(pid)]:
                 return int(entry)
         raise HarnessError(f"no process {pid} in the container")

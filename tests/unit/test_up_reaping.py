@@ -14,21 +14,11 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import json, os, subprocess, time
-    from pathlib import Path
-    from mlproxy_supervisor import up
+    from mlproxy_supervisor import procfs, up
 
     def children():
-        found = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                fields = stat[stat.rindex(")") + 2 :].split()
-                if fields[1] == str(os.getpid()):
-                    found[int(entry)] = fields[0]
-        return found
+        found = {pid: procfs.stat(pid) for pid in procfs.children(os.getpid())}
+        return {pid: info.state for pid, info in found.items() if info}
 
     up._become_subreaper()
     # Stands in for supervisord: running while orphans come and go, then it exits and its
