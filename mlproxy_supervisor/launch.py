@@ -92,31 +92,22 @@ def mlflow_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     return argv, {**common_env, **env}
 
 
-def jupyter_server_config(settings: Settings) -> dict:
-    """Settings mlproxy owns; the user's own Jupyter config files still apply for the rest."""
-    jupyter = settings.jupyter
-    return {
-        "ServerApp": {
-            "ip": jupyter.ip,
-            "port": jupyter.port,
-            "port_retries": 0,  # never drift to another port: the route and agent expect this one
-            "base_url": jupyter.base_url,
-            "root_dir": str(jupyter.root_dir),
-            "open_browser": False,
-            "allow_remote_access": jupyter.allow_remote_access,
-            "jpserver_extensions": {"jupyter_server_proxy": True, "mlproxy_supervisor.jupyter": True},
-        },
-    }
-
-
 def jupyter_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
-    config = jupyter_server_config(settings)["ServerApp"]
+    """Only the settings mlproxy owns go on the command line; the user's own Jupyter config
+    files still apply for the rest."""
+    jupyter = settings.jupyter
+    server_app = {
+        "ip": jupyter.ip,
+        "port": jupyter.port,
+        "port_retries": 0,  # never drift to another port: the route and agent expect this one
+        "base_url": jupyter.base_url,
+        "root_dir": str(jupyter.root_dir),
+        "open_browser": False,
+        "allow_remote_access": jupyter.allow_remote_access,
+    }
     argv = [sys.executable, "-m", "notebook"]
-    for key, value in config.items():
-        if isinstance(value, dict):
-            argv += [f"--ServerApp.{key}={name}={flag}" for name, flag in value.items()]
-        else:
-            argv.append(f"--ServerApp.{key}={json.dumps(value) if isinstance(value, bool) else value}")
+    argv += [f"--ServerApp.{key}={json.dumps(value) if isinstance(value, bool) else value}" for key, value in server_app.items()]
+    argv += [f"--ServerApp.jpserver_extensions={name}=True" for name in ("jupyter_server_proxy", "mlproxy_supervisor.jupyter")]
     if os.geteuid() == 0:
         argv.append("--ServerApp.allow_root=True")  # `mlproxy up` warned; systemd and images use a user
     env = {
