@@ -24,7 +24,7 @@ def get(port: int, path: str, token: str | None = None, timeout: float = 2.0, ex
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         body = response.read(4096)
-    except (OSError, http.client.HTTPException, socket.timeout):
+    except (TimeoutError, OSError, http.client.HTTPException):
         return False
     finally:
         connection.close()

@@ -53,7 +53,7 @@ def summarize(results: dict) -> dict:
                 "bare_mlflow_ready": stats(s["mlflow_ready_s"] for s in startup["samples"][f"bare_{mode}"]),
                 "paired_difference": stats(
                     m["ready_s"] - b["ready_s"]
-                    for m, b in zip(startup["samples"][f"mlproxy_{mode}"], startup["samples"][f"bare_{mode}"])
+                    for m, b in zip(startup["samples"][f"mlproxy_{mode}"], startup["samples"][f"bare_{mode}"], strict=True)
                 ),
                 "mlproxy_cpu_s": stats(s.get("cpu_s") for s in startup["samples"][f"mlproxy_{mode}"]),
                 "bare_cpu_s": stats(s.get("cpu_s") for s in startup["samples"][f"bare_{mode}"]),

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
 from . import idle, procs, recovery, report
-from .probe import route_ok, wait_until
+from .probe import wait_until
 from .startup import Startup
 from .systems import Bare, Mlproxy, OldRecipe, Ports, mlflow_cli_like_mlproxy
 
@@ -42,7 +41,7 @@ def log(message: str) -> None:
 
 def _commit() -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "-C", str(ROOT), *args], check=False, capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--", "mlproxy_supervisor", "benchmarks/*.py")
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.run" + (" --quick" if args.quick else "") + (f" --reps {args.reps}" if args.reps else "") + (
         f" --only {args.only}" if args.only != ",".join(PHASES) else "")
 
-    began, began_wall = time.monotonic(), datetime.now(timezone.utc)
+    began, began_wall = time.monotonic(), datetime.now(UTC)
     work = Path(tempfile.mkdtemp(prefix="mlproxy-bench-", dir="/tmp"))
     all_ports = ports(args.port_offset)
     meta = {
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     meta["calibration_end"] = procs.calibrate()
-    meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["duration_min"] = round((time.monotonic() - began) / 60, 1)
     summary = report.summarize(results)
     results["summary"] = summary

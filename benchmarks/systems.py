@@ -108,13 +108,12 @@ class Mlproxy:
     def start(self) -> tuple[float, float]:
         """Exec `mlproxy up`; returns (monotonic, wall) times just before the exec."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.output, "ab")
-        self.output_offset = out.tell()
-        t0, wall = time.monotonic(), time.time()
-        self.process = subprocess.Popen(
-            [str(BIN / "mlproxy"), "up"], env=self.env, cwd=self.state_dir.parent, stdout=out, stderr=subprocess.STDOUT
-        )
-        out.close()
+        with open(self.output, "ab") as out:
+            self.output_offset = out.tell()
+            t0, wall = time.monotonic(), time.time()
+            self.process = subprocess.Popen(
+                [str(BIN / "mlproxy"), "up"], env=self.env, cwd=self.state_dir.parent, stdout=out, stderr=subprocess.STDOUT
+            )
         return t0, wall
 
     def token(self) -> str | None:

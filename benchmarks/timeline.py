@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 _AGENT_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (\S+) (\S+?)(?::\s(.*))?$")
@@ -20,7 +20,7 @@ def agent_events(log: Path, since: float) -> list[tuple[float, str, str, str]]:
         match = _AGENT_LINE.match(line)
         if not match:
             continue
-        at = datetime.strptime(match[1], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+        at = datetime.strptime(match[1], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
         if at >= since - 0.002:  # the agent truncates to whole milliseconds
             events.append((at, match[2], match[3], match[4] or ""))
     return events

@@ -133,7 +133,7 @@ def check_user_can_run(user: pwd.struct_passwd) -> None:
         result = subprocess.run(
             [sys.executable, "-c", "import mlproxy_supervisor.cli"],
             user=user.pw_uid, group=user.pw_gid, extra_groups=[], cwd="/",
-            env={"PATH": "/usr/bin:/bin", "HOME": user.pw_dir}, capture_output=True, text=True,
+            env={"PATH": "/usr/bin:/bin", "HOME": user.pw_dir}, check=False, capture_output=True, text=True,
         )  # fmt: skip
         if result.returncode == 0:
             return
@@ -165,7 +165,7 @@ def ensure_user() -> pwd.struct_passwd:
         "useradd", "--system", "--user-group", "--home-dir", str(STATE_DIR), "--no-create-home",
         "--shell", nologin, "--comment", "mlproxy service (MLflow and Jupyter)", USER,
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
     if result.returncode != 0:
         raise InstallError(f"could not create user {USER}: {result.stderr.strip()}")
     user = pwd.getpwnam(USER)
@@ -229,7 +229,7 @@ def link_command() -> None:
 
 
 def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["systemctl", *args], capture_output=True, text=True)
+    result = subprocess.run(["systemctl", *args], check=False, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise InstallError(f"systemctl {' '.join(args)} failed:\n{result.stderr.strip() or result.stdout.strip()}")
     return result
@@ -325,7 +325,7 @@ def uninstall(purge: bool) -> int:
         pass
     try:
         grp.getgrnam(USER)
-        subprocess.run(["groupdel", USER], capture_output=True)
+        subprocess.run(["groupdel", USER], check=False, capture_output=True)
     except KeyError:
         pass
     return 0

@@ -56,9 +56,9 @@ def _migration_revisions() -> tuple[str | None, frozenset[str]]:
     for script in versions.glob("*.py"):
         values = {}
         for node in ast.parse(script.read_text()).body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                if node.targets[0].id in ("revision", "down_revision"):
-                    values[node.targets[0].id] = ast.literal_eval(node.value)
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                values[target.id] = ast.literal_eval(node.value)
         if "revision" in values:
             revisions.add(values["revision"])
             down = values.get("down_revision")
@@ -112,7 +112,7 @@ def backup_and_upgrade(state: SchemaState, uri: str, env: dict[str, str]) -> Pat
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup = state.database.with_name(f"{state.database.name}.{state.current}.{stamp}.bak")
     _copy_database(state.database, backup)
-    result = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], env=env, check=False, capture_output=True, text=True)
     if result.returncode != 0:
         _copy_database(backup, state.database)
         raise SchemaError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .agent import report
 from .config import Settings
@@ -21,7 +21,7 @@ STALE_AFTER = 10.0  # seconds; the agent rewrites the document at least every 2 
 def _age(iso: str | None) -> float | None:
     if not iso:
         return None
-    moment = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    moment = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return time.time() - moment.timestamp()
 
 
@@ -80,7 +80,7 @@ def render_table(status: dict) -> str:
         rows.append(("route", "-", "ready" if route.get("ready") else "not ready", "-", "-", "-", _probe_text(route.get("last_probe"))))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         lines.append("")
-        lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
+        lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows]
         for name, service in services.items():
             error = service.get("last_error")
             if error and (service["phase"] != "ready"):

@@ -101,7 +101,7 @@ class Stack:
     # --- lifecycle ------------------------------------------------------------------------
     def start(self, wait: bool = True, timeout: float = 180) -> Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.output, "a")
+        self._log = open(self.output, "a")  # noqa: SIM115 - the stack writes to it; closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlproxy_supervisor", "up"],
             env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.state_dir.parent,

@@ -50,11 +50,10 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
                 return
             self.log.warning("Refused cross-origin %s %s from %s", self.request.method, self.request.path, origin)
             raise web.HTTPError(403, f"cross-origin request from {origin} refused")
-        if self.request.method in UNSAFE_METHODS and not self.token_authenticated:
-            # Browsers send Origin with every write; a cookie-authenticated write without one is
-            # only accepted with a same-origin Referer (Jupyter's own rule for such requests).
-            if not JupyterHandler.check_referer(self):
-                raise web.HTTPError(403, "write without Origin or same-origin Referer refused")
+        # Browsers send Origin with every write; a cookie-authenticated write without one is only
+        # accepted with a same-origin Referer (Jupyter's own rule for such requests).
+        if self.request.method in UNSAFE_METHODS and not self.token_authenticated and not JupyterHandler.check_referer(self):
+            raise web.HTTPError(403, "write without Origin or same-origin Referer refused")
 
     def _origin_allowed_by_jupyter(self, origin: str) -> bool:
         """Honour an operator's explicit ServerApp.allow_origin / allow_origin_pat (never '*')."""

@@ -133,7 +133,7 @@ def test_other_origin_cannot_write_with_the_login_cookie(open_browser, shared_st
     # origin check stopped the write.
     sent = {response.url.removeprefix(prefix): response for response in writes}
     assert set(sent) == {"ajax-api/2.0/mlflow/experiments/create", "api/2.0/mlflow/experiments/create"}, list(sent)
-    for path, response in sent.items():
+    for response in sent.values():
         assert response.status == 403, f"{response.url}: {response.status}"
     refusals = [f"Refused cross-origin POST {urlsplit(prefix).path}{path} from {other_origin.origin}" for path in sent]
     server_log = wait_for_log(jupyter_log, log_start, refusals)

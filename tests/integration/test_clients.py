@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from tornado.websocket import websocket_connect
@@ -51,7 +51,7 @@ def test_remote_client_logs_and_reads_back_through_the_route(shared_stack, tmp_p
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPROXY_"))}
     env.update(MLFLOW_TRACKING_URI=f"{shared_stack.base}/mlflow", MLFLOW_TRACKING_TOKEN=shared_stack.token)
     experiment = f"remote-{uuid.uuid4().hex[:6]}"
-    result = subprocess.run([sys.executable, "-c", REMOTE_CLIENT, experiment], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", REMOTE_CLIENT, experiment], env=env, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["params"] == {"alpha": "0.5"}
@@ -165,7 +165,7 @@ def test_artifact_over_100_mb_round_trips_through_the_route(shared_stack, tmp_pa
     size = 150 << 20
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPROXY_"))}
     env.update(MLFLOW_TRACKING_URI=f"{shared_stack.base}/mlflow", MLFLOW_TRACKING_TOKEN=shared_stack.token)
-    result = subprocess.run([sys.executable, "-c", BIG_ARTIFACT, str(size)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", BIG_ARTIFACT, str(size)], env=env, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["received"] == seen["sent"]

@@ -12,7 +12,6 @@ import pytest
 from tests.stack import ROOT
 from tests.system import container as harness
 
-
 WORKDIR_PREFIX = "/var/tmp/mlproxy-system-"  # + pid: the container's overlay and the built wheel
 
 

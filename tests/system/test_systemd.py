@@ -128,7 +128,7 @@ def test_install_is_idempotent_and_never_overwrites_the_config(box):
 def test_install_refuses_an_installation_the_service_cannot_run(box):
     # The same packages, reached through an interpreter path the service could not use.
     site = "/opt/mlproxy/lib/python3.11/site-packages"
-    for prefix, mode in (("/root/mlproxy-venv", "700"), ("/srv/private/venv", "755")):
+    for prefix in ("/root/mlproxy-venv", "/srv/private/venv"):
         box.run("python3", "-m", "venv", "--without-pip", prefix)
         box.run("sh", "-c", f"echo {site} > {prefix}/lib/python3.11/site-packages/opt.pth")
         if prefix.startswith("/srv"):

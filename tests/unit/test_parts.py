@@ -119,7 +119,7 @@ def test_mlflow_server_variables_match_the_installed_mlflow():
         "boot_id": variables._MLFLOW_SERVER_BOOT_ID.name,
         "in_job_executor": variables._MLFLOW_IN_JOB_EXECUTOR.name,
     }
-    assert launch.MLFLOW_SERVER_ENV == expected
+    assert expected == launch.MLFLOW_SERVER_ENV
 
 
 def test_jupyter_launch_reads_the_token_from_a_file(tmp_path):
@@ -130,8 +130,8 @@ def test_jupyter_launch_reads_the_token_from_a_file(tmp_path):
 
 
 def test_expected_schema_revision_matches_mlflows_own():
-    from alembic.script import ScriptDirectory
     import mlflow.store
+    from alembic.script import ScriptDirectory
 
     directory = os.path.join(os.path.dirname(mlflow.store.__file__), "db_migrations")
     head, known = schema._migration_revisions()
@@ -197,11 +197,12 @@ def test_preflight_of_a_sqlite_store_does_not_import_sqlalchemy(tmp_path):
 
 
 def test_agent_observes_supervisord_with_one_call_per_step(tmp_path):
-    from mlproxy_supervisor.agent.loop import Agent
-    from mlproxy_supervisor.rpc import SHUTDOWN_STATE_FAULT
     from supervisor.rpcinterface import SupervisorNamespaceRPCInterface
     from supervisor.states import SupervisorStates
     from supervisor.xmlrpc import Faults, RPCError
+
+    from mlproxy_supervisor.agent.loop import Agent
+    from mlproxy_supervisor.rpc import SHUTDOWN_STATE_FAULT
 
     # The premise: shutting down or restarting, supervisord refuses getAllProcessInfo itself,
     # so an answer to it means RUNNING (getState can only ever say RUNNING either).
