@@ -70,7 +70,7 @@ def _environment(env: dict[str, str]):
 
 
 def settings_for(env: dict[str, str]) -> Settings:
-    """The settings `mlproxy run` would load in this environment."""
+    """The settings `mlproxy up` would load in this environment."""
     with _environment(env):
         return load_settings()
 
@@ -152,7 +152,7 @@ class Bare:
         self.token: str | None = None
 
     def prepare(self) -> None:
-        """What `mlproxy up` and `mlproxy run` would have created; done before the clock starts."""
+        """What `mlproxy up` and the launcher would have created; done before the clock starts."""
         settings = self.settings
         for directory in (settings.state_dir, settings.log_dir, settings.jupyter.root_dir):
             directory.mkdir(parents=True, exist_ok=True)

@@ -23,17 +23,6 @@ def cmd_up(args) -> int:
     return up.run(_settings(args))
 
 
-def cmd_run(args) -> int:
-    from .launch import LaunchError, exec_service
-
-    try:
-        exec_service(args.service, _settings(args))
-    except LaunchError as error:
-        print(f"mlproxy run {args.service}: {error}", file=sys.stderr, flush=True)
-        return 3
-    return 0  # not reached: exec replaced this process
-
-
 def cmd_agent(args) -> int:
     from .agent.loop import main
 
@@ -149,10 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     uninstall = commands.add_parser("uninstall", help="(root) remove the systemd service; keeps data unless --purge")
     uninstall.add_argument("--purge", action="store_true", help="also remove config, data, logs and user mlproxy")
     uninstall.set_defaults(func=cmd_uninstall)
-
-    run = commands.add_parser("run", parents=[common], help="(used by supervisord) exec one server")
-    run.add_argument("service", choices=("mlflow", "jupyter"))
-    run.set_defaults(func=cmd_run)
 
     agent = commands.add_parser("agent", parents=[common], help="(used by supervisord) the health agent")
     agent.set_defaults(func=cmd_agent)

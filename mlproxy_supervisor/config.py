@@ -240,6 +240,11 @@ class Settings(BaseSettings):
         return self.runtime_dir / "supervisord.conf"
 
     @property
+    def programs_dir(self) -> Path:
+        """supervisord's program files, and the launch files of MLflow and Jupyter."""
+        return self.runtime_dir / "programs"
+
+    @property
     def pid_file(self) -> Path:
         return self.runtime_dir / "supervisord.pid"
 

@@ -1,7 +1,12 @@
-"""`mlproxy run NAME`: build a server's argv and environment from the config, then exec it.
+"""Start MLflow or Jupyter: argv, environment and start-up checks, then exec.
 
-Exec (not spawn) keeps signals and exit codes the server's own, so supervisord manages the real
-process. Secrets travel in the environment or in 0600 files: argv is world-readable in /proc.
+`mlproxy up` resolves each server's launch from the config once, into a launch file in the 0700
+runtime directory; supervisord's command for the server is `python -m mlproxy_supervisor.launch
+FILE`, which checks, prepares and execs without loading the config again (pydantic alone costs
+about 0.18 s of every start; docs/benchmarks.md). Exec (not spawn) keeps signals and exit codes
+the server's own, so supervisord manages the real process. Secrets travel in the environment or
+in 0600 files (the launch file holds the store URI, which may carry a password): argv is
+world-readable in /proc.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import credentials, schema
-from .config import Settings
+
+if TYPE_CHECKING:  # not imported at run time: the launcher must start fast
+    from .config import Settings
 
 SERVICES = ("mlflow", "jupyter")
 
@@ -120,42 +128,85 @@ def jupyter_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
-def prepare_mlflow(settings: Settings, env: dict[str, str]) -> None:
+def launch_spec(name: str, settings: Settings) -> dict:
+    """What the launcher needs to start one server, resolved from the config."""
+    if name == "mlflow":
+        argv, env = mlflow_command(settings)
+        checks = {"backend_store_uri": settings.mlflow.backend_store_uri, "schema_upgrade": settings.mlflow.schema_upgrade}
+    elif name == "jupyter":
+        argv, env = jupyter_command(settings)
+        checks = {
+            "token_file": str(settings.jupyter.token_file),
+            "token_copy": str(settings.jupyter_token_copy),
+            "root_dir": str(settings.jupyter.root_dir),
+        }
+    else:
+        raise LaunchError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
+    return {"service": name, "argv": argv, "env": env, **checks}
+
+
+def write_launch_files(settings: Settings) -> None:
+    for name in SERVICES:
+        spec = launch_spec(name, settings)
+        credentials.write_private(settings.programs_dir / f"{name}.json", json.dumps(spec, indent=2) + "\n")
+
+
+def prepare_mlflow(spec: dict, env: dict[str, str]) -> None:
     """Refuse, or back up and upgrade, an out-of-date SQLite schema before MLflow sees it."""
-    uri = settings.mlflow.backend_store_uri
+    uri = spec["backend_store_uri"]
     database = schema.sqlite_database(uri)
     if database is None:
         return  # other databases: MLflow's own check (mlflow_app.py) refuses with its message
     state = schema.inspect_sqlite(database)
     if state is None or state.up_to_date:
         return
-    if state.newer_than_mlflow or settings.mlflow.schema_upgrade == "refuse":
+    if state.newer_than_mlflow or spec["schema_upgrade"] == "refuse":
         raise LaunchError(schema.refusal(state, uri))
     backup = schema.backup_and_upgrade(state, uri, env)
     print(f"mlproxy: upgraded {database} from {state.current} to {state.expected}; backup at {backup}", flush=True)
 
 
-def exec_service(name: str, settings: Settings) -> None:
-    if name == "mlflow":
-        argv, extra = mlflow_command(settings)
-    elif name == "jupyter":
-        argv, extra = jupyter_command(settings)
-    else:
-        raise LaunchError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
-    env = {**os.environ, **extra}
+def prepare_jupyter(spec: dict) -> None:
+    # Jupyter reads its token file verbatim (a trailing newline would become part of the
+    # token), so it gets a normalized private copy in the 0700 runtime directory.
+    token = credentials.read_token(Path(spec["token_file"]))
+    credentials.write_private(Path(spec["token_copy"]), token)
+    Path(spec["root_dir"]).mkdir(parents=True, exist_ok=True)
+
+
+def exec_server(spec: dict) -> None:
+    env = {**os.environ, **spec["env"]}
     env.pop("JUPYTER_TOKEN", None)  # the file is the one source; keep the value out of environments
-    if name == "mlflow":
-        try:
-            prepare_mlflow(settings, env)
-        except schema.SchemaError as error:
-            raise LaunchError(str(error)) from None
-    else:
-        # Jupyter reads its token file verbatim (a trailing newline would become part of the
-        # token), so it gets a normalized private copy in the 0700 runtime directory.
-        try:
-            token = credentials.read_token(settings.jupyter.token_file)
-        except credentials.CredentialError as error:
-            raise LaunchError(str(error)) from None
-        credentials.write_private(settings.jupyter_token_copy, token)
-    Path(settings.jupyter.root_dir).mkdir(parents=True, exist_ok=True)
-    os.execve(argv[0], argv, env)
+    try:
+        if spec["service"] == "mlflow":
+            if MLFLOW_SERVER_ENV["boot_id"] in env:
+                env[MLFLOW_SERVER_ENV["boot_id"]] = uuid.uuid4().hex  # one per server start, as `mlflow server` does
+            prepare_mlflow(spec, env)
+        else:
+            prepare_jupyter(spec)
+    except (schema.SchemaError, credentials.CredentialError) as error:
+        raise LaunchError(str(error)) from None
+    os.execve(spec["argv"][0], spec["argv"], env)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m mlproxy_supervisor.launch FILE`: supervisord's command for MLflow and Jupyter."""
+    if len(argv) != 2:
+        print("usage: python -m mlproxy_supervisor.launch LAUNCH_FILE (written by `mlproxy up`)", file=sys.stderr)
+        return 2
+    path = Path(argv[1])
+    try:
+        spec = json.loads(path.read_text())
+    except OSError as error:
+        print(f"mlproxy launch: cannot read {path}: {error.strerror}; `mlproxy up` writes it", file=sys.stderr, flush=True)
+        return 3
+    try:
+        exec_server(spec)
+    except LaunchError as error:
+        print(f"mlproxy launch {spec['service']}: {error}", file=sys.stderr, flush=True)
+        return 3
+    return 0  # not reached: exec replaced this process
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

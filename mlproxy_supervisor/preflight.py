@@ -186,7 +186,7 @@ def check_schema(settings: Settings) -> list[Problem]:
         return []
     if state.newer_than_mlflow or settings.mlflow.schema_upgrade == "refuse":
         return [Problem(schema.refusal(state, settings.mlflow.backend_store_uri), "see above; your data was not touched")]
-    return []  # backup-and-upgrade: `mlproxy run mlflow` does it before MLflow starts
+    return []  # backup-and-upgrade: the launcher does it before MLflow starts (launch.py)
 
 
 def check_all(settings: Settings) -> list[Problem]:

@@ -7,11 +7,13 @@ here. The result goes to the 0700 runtime directory, where operators can read wh
 
 from __future__ import annotations
 
+import shlex
 import sys
 from importlib import resources
 from pathlib import Path
 from string import Template
 
+from . import launch
 from .config import Settings
 
 PROGRAMS = ("agent", "mlflow", "jupyter")
@@ -48,7 +50,10 @@ def program_template(name: str) -> str:
 
 def render_program(name: str, settings: Settings) -> str:
     return Template(program_template(name)).substitute(
-        python=_escape(sys.executable), state_dir=_escape(settings.state_dir), logging=_logging(settings)
+        python=_escape(sys.executable),
+        state_dir=_escape(settings.state_dir),
+        programs_dir=_escape(shlex.quote(str(settings.programs_dir))),  # supervisord splits commands like a shell
+        logging=_logging(settings),
     )
 
 
@@ -90,12 +95,14 @@ files = {_escape(programs_dir)}/*.conf
 
 
 def write_config(settings: Settings) -> Path:
-    """Write the main file and the programs into the runtime directory; return the main file."""
-    programs_dir = settings.runtime_dir / "programs"
+    """Write the main file, the programs and their launch files into the runtime directory;
+    return the main file."""
+    programs_dir = settings.programs_dir
     programs_dir.mkdir(mode=0o700, exist_ok=True)
     for stale in programs_dir.glob("*.conf"):
         stale.unlink()
     for name in programs(settings):
         (programs_dir / f"{name}.conf").write_text(render_program(name, settings))
+    launch.write_launch_files(settings)
     settings.supervisord_conf.write_text(render_main(settings, programs_dir))
     return settings.supervisord_conf

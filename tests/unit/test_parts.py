@@ -4,6 +4,7 @@ launch environment, token file."""
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import socket
 import stat
@@ -49,7 +50,7 @@ def test_supervisord_programs_render_to_valid_ini_with_the_policies(tmp_path):
     for name in supervisord_conf.PROGRAMS:
         parser.read_string(supervisord_conf.render_program(name, config))
     mlflow = parser["program:mlflow"]
-    assert mlflow["command"] == f"{sys.executable} -m mlproxy_supervisor run mlflow"
+    assert mlflow["command"] == f"{sys.executable} -m mlproxy_supervisor.launch {tmp_path}/run/programs/mlflow.json"
     assert mlflow["autostart"] == "true", "first in order: supervisord starts it with the agent"
     assert parser["program:jupyter"]["autostart"] == "false", "the agent starts Jupyter once MLflow is ready"
     assert (mlflow["stopasgroup"], mlflow["killasgroup"]) == ("true", "true")
@@ -127,6 +128,32 @@ def test_jupyter_launch_reads_the_token_from_a_file(tmp_path):
     assert env["JUPYTER_TOKEN_FILE"] == str(tmp_path / "run" / "jupyter_token")
     assert "--ServerApp.port_retries=0" in argv
     assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5001"
+
+
+def test_launch_files_are_private_and_hold_no_token(tmp_path):
+    config = settings(tmp_path)
+    token = credentials.ensure_token(config.jupyter.token_file)
+    launch.write_launch_files(config)
+    for name in launch.SERVICES:
+        path = config.programs_dir / f"{name}.json"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert token not in path.read_text()
+        spec = json.loads(path.read_text())
+        assert spec["service"] == name and spec["argv"][0] == sys.executable
+
+
+def test_launcher_without_its_file_says_what_writes_it(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mlproxy_supervisor.launch", str(tmp_path / "mlflow.json")], check=False, capture_output=True, text=True
+    )
+    assert result.returncode == 3 and "`mlproxy up` writes it" in result.stderr
+
+
+def test_migration_revisions_are_read_from_plain_and_unusual_scripts():
+    plain = 'revision = "b2"\ndown_revision = "a1"\nbranch_labels = None\n'
+    assert schema._revision_assignments(plain) == {"revision": "b2", "down_revision": "a1"}
+    merge = 'revision: str = "c3"\ndown_revision = (\n    "b2",\n    "x9",\n)\n'
+    assert schema._revision_assignments(merge) == {"revision": "c3", "down_revision": ("b2", "x9")}
 
 
 def test_expected_schema_revision_matches_mlflows_own():
