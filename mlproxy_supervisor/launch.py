@@ -43,6 +43,8 @@ MLFLOW_SERVER_ENV = {
     "boot_id": "_MLFLOW_SERVER_BOOT_ID",
     "in_job_executor": "_MLFLOW_IN_JOB_EXECUTOR",
 }
+# mlflow_app.py serializes store initialization across workers with this lock file.
+STORE_LOCK_ENV = "_MLPROXY_STORE_LOCK"
 
 
 def _package_file(package: str, *parts: str) -> str:
@@ -95,6 +97,7 @@ def mlflow_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
         names["sgi_name"]: "uvicorn",
         names["boot_id"]: uuid.uuid4().hex,
         names["in_job_executor"]: "false",
+        STORE_LOCK_ENV: str(settings.runtime_dir / "mlflow-store.lock"),
         "MLFLOW_ENABLE_WORKSPACES": "false",
     }
     return argv, {**common_env, **env}

@@ -20,8 +20,7 @@ import sqlalchemy
 
 from . import schema
 from .agent.probes import MLFLOW_PROBE_PATHS
-from .config import load_settings
-from .launch import MLFLOW_SERVER_ENV
+from .launch import MLFLOW_SERVER_ENV, STORE_LOCK_ENV
 
 CONNECT_TIMEOUT = 5  # seconds
 
@@ -56,9 +55,8 @@ def _initialize_stores() -> None:
     _check_reachable(backend)  # before importing MLflow (2 s): a dead database fails fast
 
     from mlflow.server.handlers import initialize_backend_stores
-    lock_path = load_settings().runtime_dir / "mlflow-store.lock"
     # With several workers each imports this module; one at a time creates a new database.
-    with open(lock_path, "a") as lock:
+    with open(os.environ[STORE_LOCK_ENV], "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         initialize_backend_stores(
             backend,

@@ -62,10 +62,11 @@ def _kill_orphans(grace: float = ORPHAN_GRACE) -> None:
     _reap()
 
 
-def _reap_adopted(keep: int) -> None:
-    """Reap orphans that were reparented to us (a kernel whose Jupyter was killed, say), without
-    touching `keep` (supervisord, whose exit status Popen collects). A subreaper that never
-    waits for them leaves zombies for as long as the stack runs."""
+def _reap(keep: int | None = None) -> None:
+    """Reap exited children: orphans reparented to us (a kernel whose Jupyter was killed, say)
+    and, once supervisord is gone, its leftovers. `keep` (supervisord, whose exit status Popen
+    collects) is never reaped. A subreaper that never waits leaves zombies for as long as the
+    stack runs."""
     while True:
         try:
             # WNOWAIT: look at the first exited child without collecting it.
@@ -78,16 +79,6 @@ def _reap_adopted(keep: int) -> None:
             os.waitpid(info.si_pid, 0)
         except ChildProcessError:
             pass
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def wake_supervisord(settings: Settings) -> bool:
@@ -171,7 +162,7 @@ def run(settings: Settings) -> int:
             time.sleep(0.02)
             continue
         time.sleep(0.1)
-        _reap_adopted(keep=supervisord.pid)
+        _reap(keep=supervisord.pid)
         status = report.read_status(settings.status_file)
         if not status or stopping:
             continue

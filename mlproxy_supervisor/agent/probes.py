@@ -10,10 +10,13 @@ import http.client
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ..config import Settings
 from .reconcile import ROUTE, ProbeRequest, ProbeResult
+
+if TYPE_CHECKING:  # annotations only: mlflow_app.py imports this module into MLflow's process
+    from ..config import Settings
 
 USER_AGENT = "mlproxy-agent"
 # What the probes ask MLflow (directly and through Jupyter). mlflow_app.py keeps these requests
