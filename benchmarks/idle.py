@@ -67,11 +67,12 @@ def stack_idle(stack: Mlproxy, settle: float, window: float) -> dict:
     calibration = procs.calibrate()  # about 2.5 s, just before the window
     processes = stack.supervisor().processes()
     agent_pid = processes["agent"].pid
+    stack_tree = procs.descendants(stack.process.pid)  # `mlproxy up`, supervisord, agent, MLflow, Jupyter
     trees = {
-        "stack": procs.descendants(stack.process.pid),  # `mlproxy up`, supervisord, agent, MLflow, Jupyter
+        "stack": stack_tree,
         "agent": [agent_pid],
         "up": [stack.process.pid],
-        "supervisord": [pid for pid in procs.descendants(stack.process.pid) if "supervisor.supervisord" in procs.cmdline(pid)],
+        "supervisord": [pid for pid in stack_tree if "supervisor.supervisord" in procs.cmdline(pid)],
         "mlflow": procs.descendants(processes["mlflow"].pid),
         "jupyter": procs.descendants(processes["jupyter"].pid),
     }

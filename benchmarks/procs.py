@@ -9,11 +9,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlproxy_supervisor import procfs
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name: [0] state, [1] ppid, [2] pgrp, [11] utime, [12] stime."""
+    """Fields of /proc/<pid>/stat after the command name, for [11] utime and [12] stime (procfs.stat
+    has the rest)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -21,37 +24,34 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def _pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
 def descendants(root: int) -> list[int]:
-    """root and every process below it (children, grandchildren, ...)."""
+    """root and every process below it (children, grandchildren, ...), from one scan of /proc."""
     children: dict[int, list[int]] = {}
-    for pid in _pids():
-        fields = _stat(pid)
-        if fields is not None:
-            children.setdefault(int(fields[1]), []).append(pid)
+    for pid in procfs.pids():
+        if (info := procfs.stat(pid)) is not None:
+            children.setdefault(info.ppid, []).append(pid)
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
-        if _stat(pid) is None:
+        if procfs.stat(pid) is None:
             continue
         found.append(pid)
         todo.extend(children.get(pid, []))
     return sorted(found)
 
 
+def trees(processes) -> list[int]:
+    """Every process of the given Popen objects' trees."""
+    return [pid for process in processes for pid in descendants(process.pid)]
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of a process group."""
-    return [pid for pid in _pids() if (fields := _stat(pid)) is not None and int(fields[2]) == pgid and fields[0] != "Z"]
+    return [pid for pid in procfs.group_members(pgid) if _alive(pid)]
 
 
 def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
+    return procfs.command_line(pid) or ""
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -136,10 +136,11 @@ class Contention:
         wall = time.monotonic() - self.wall
         capacity = wall * (os.cpu_count() or 1)
         busy = _machine_busy_seconds() - self.machine
-        ours = tree_cpu_seconds(self.ours()) - self.own + _self_cpu() - self.me
+        measured = tree_cpu_seconds(self.ours()) - self.own
+        ours = measured + _self_cpu() - self.me
         return {
             "load_after": load(),
-            "cpu_s": round(tree_cpu_seconds(self.ours()) - self.own, 2),  # the measured processes' CPU time
+            "cpu_s": round(measured, 2),  # the measured processes' CPU time
             "machine_busy": round(busy / capacity, 3) if capacity else 0.0,
             "others_busy": round(max(0.0, busy - ours) / capacity, 3) if capacity else 0.0,
         }
@@ -218,5 +219,5 @@ def kill_tree(pids: list[int], pgids: list[int] = (), grace: float = 10.0) -> No
 
 
 def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
+    info = procfs.stat(pid)
+    return info is not None and info.state != "Z"

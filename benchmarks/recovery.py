@@ -114,10 +114,7 @@ def warm_start(server, memory_after: float = 3.0) -> dict:
     server.prepare()
     load_before = procs.load()
 
-    def pids() -> list[int]:
-        return [pid for p in server.processes for pid in procs.descendants(p.pid)]
-
-    contention = procs.Contention(pids)
+    contention = procs.Contention(lambda: procs.trees(server.processes))
     try:
         t0 = time.monotonic()
         server.start_mlflow()
@@ -125,7 +122,7 @@ def warm_start(server, memory_after: float = 3.0) -> dict:
         conditions = {"load_before": load_before, **contention.finish()}
         if ready is not None:
             time.sleep(memory_after)
-            conditions["memory"] = procs.memory(pids()).as_dict()
+            conditions["memory"] = procs.memory(procs.trees(server.processes)).as_dict()
     finally:
         server.stop()
     if ready is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs, timeline
@@ -21,15 +22,11 @@ TIMEOUT = 240.0  # seconds any variant may take before the run counts as failed
 VARIANTS = ("mlproxy", "bare", "old")
 
 
-def _pids_of(processes) -> list[int]:
-    return [pid for process in processes for pid in procs.descendants(process.pid)]
-
-
 def run_mlproxy(state_dir: Path, ports: Ports) -> dict:
     stack = Mlproxy(state_dir, ports)
     wait_ports_free([ports.jupyter, ports.mlflow, ports.metrics])
     load_before = procs.load()
-    contention = procs.Contention(lambda: _pids_of([stack.process] if stack.process else []))
+    contention = procs.Contention(lambda: procs.trees([stack.process] if stack.process else []))
     t0, wall0 = stack.start()
     route_at = status_at = None
     token = None
@@ -87,55 +84,65 @@ def _mlproxy_breakdown(stack: Mlproxy, wall0: float) -> dict:
     }
 
 
-def run_bare(state_dir: Path, ports: Ports) -> dict:
-    bare = Bare(state_dir, ports)
+@dataclass(frozen=True)
+class OrderedStart:
+    """Monotonic times of a start of MLflow, then Jupyter, by hand."""
+
+    t0: float
+    mlflow_at: float | None  # what `between` returned
+    jupyter_started: float  # just before Jupyter is spawned
+    jupyter_spawned: float  # just after
+    route_at: float | None
+    conditions: dict
+
+
+def _start_in_order(system: Bare | OldRecipe, ports: Ports, between) -> OrderedStart:
+    """Start MLflow, call `between` (wait for it, or sleep), start Jupyter, poll the route."""
     wait_ports_free([ports.jupyter, ports.mlflow])
-    bare.prepare()
-    load_before, contention = procs.load(), procs.Contention(lambda: _pids_of(bare.processes))
+    system.prepare()
+    load_before, contention = procs.load(), procs.Contention(lambda: procs.trees(system.processes))
     try:
         t0 = time.monotonic()
-        bare.start_mlflow()
-        mlflow_at = wait_until(lambda: mlflow_ready(ports.mlflow), TIMEOUT)
-        if mlflow_at is None:
-            raise RuntimeError(f"bare MLflow not ready within {TIMEOUT:.0f} s; see {state_dir}/logs")
+        system.start_mlflow()
+        mlflow_at = between()
         jupyter_started = time.monotonic()
-        bare.start_jupyter()
-        route_at = wait_until(lambda: route_ok(ports.jupyter, ports.mlflow, bare.token), TIMEOUT)
+        system.start_jupyter()
+        jupyter_spawned = time.monotonic()
+        route_at = wait_until(lambda: route_ok(ports.jupyter, ports.mlflow, system.token), TIMEOUT)
         conditions = {"load_before": load_before, **contention.finish()}
     finally:
-        bare.stop()
-    if route_at is None:
+        system.stop()
+    return OrderedStart(t0, mlflow_at, jupyter_started, jupyter_spawned, route_at, conditions)
+
+
+def run_bare(state_dir: Path, ports: Ports) -> dict:
+    def mlflow_ready_at() -> float:
+        at = wait_until(lambda: mlflow_ready(ports.mlflow), TIMEOUT)
+        if at is None:
+            raise RuntimeError(f"bare MLflow not ready within {TIMEOUT:.0f} s; see {state_dir}/logs")
+        return at
+
+    run = _start_in_order(Bare(state_dir, ports), ports, mlflow_ready_at)
+    if run.route_at is None:
         raise RuntimeError(f"bare route not ready within {TIMEOUT:.0f} s; see {state_dir}/logs")
     return {
-        "ready_s": round(route_at - t0, 3),
-        "mlflow_ready_s": round(mlflow_at - t0, 3),
-        "jupyter_to_route_s": round(route_at - jupyter_started, 3),
-        **conditions,
+        "ready_s": round(run.route_at - run.t0, 3),
+        "mlflow_ready_s": round(run.mlflow_at - run.t0, 3),
+        "jupyter_to_route_s": round(run.route_at - run.jupyter_started, 3),
+        **run.conditions,
     }
 
 
 def run_old(directory: Path, ports: Ports) -> dict:
-    old = OldRecipe(directory, ports)
-    wait_ports_free([ports.jupyter, ports.mlflow])
-    old.prepare()
-    load_before, contention = procs.load(), procs.Contention(lambda: _pids_of(old.processes))
-    try:
-        t0 = time.monotonic()
-        old.start_mlflow()
-        time.sleep(OLD_RECIPE_SLEEP)
-        old.start_jupyter()
-        claimed_at = time.monotonic()  # where a script with `sleep 3` carries on
-        route_at = wait_until(lambda: route_ok(ports.jupyter, ports.mlflow, old.token), TIMEOUT)
-        conditions = {"load_before": load_before, **contention.finish()}
-    finally:
-        old.stop()
-    if route_at is None:
+    run = _start_in_order(OldRecipe(directory, ports), ports, lambda: time.sleep(OLD_RECIPE_SLEEP))
+    if run.route_at is None:
         raise RuntimeError(f"old recipe's route not working within {TIMEOUT:.0f} s; see {directory}")
+    claimed_at = run.jupyter_spawned  # where a script with `sleep 3` carries on
     return {
-        "claims_ready_s": round(claimed_at - t0, 3),
-        "ready_s": round(route_at - t0, 3),
-        "route_fails_after_claim_s": round(route_at - claimed_at, 3),
-        **conditions,
+        "claims_ready_s": round(claimed_at - run.t0, 3),
+        "ready_s": round(run.route_at - run.t0, 3),
+        "route_fails_after_claim_s": round(run.route_at - claimed_at, 3),
+        **run.conditions,
     }
 
 

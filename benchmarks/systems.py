@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlproxy_supervisor import credentials
+from mlproxy_supervisor import credentials, launch
 from mlproxy_supervisor.agent import report
 from mlproxy_supervisor.config import Settings, load_settings
 from mlproxy_supervisor.launch import jupyter_command, mlflow_command
@@ -154,11 +154,11 @@ class Bare:
     def prepare(self) -> None:
         """What `mlproxy up` and the launcher would have created; done before the clock starts."""
         settings = self.settings
-        for directory in (settings.state_dir, settings.log_dir, settings.jupyter.root_dir):
+        for directory in (settings.state_dir, settings.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
         settings.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.token = credentials.ensure_token(settings.jupyter.token_file)
-        credentials.write_private(settings.jupyter_token_copy, self.token)
+        launch.prepare_jupyter(launch.launch_spec("jupyter", settings))  # the token copy, the notebook directory
 
     def start_mlflow(self) -> subprocess.Popen:
         argv, extra = mlflow_command(self.settings)
