@@ -124,10 +124,6 @@ class Traffic:
             return
         self.errors.append((request.method, request.url, failure))
 
-    def clear(self) -> None:
-        self.requests.clear()
-        self.errors.clear()
-
     def outside(self, prefix: str) -> list[str]:
         """Requests that went anywhere but under prefix (data: and blob: URLs stay in the page)."""
         return [

@@ -8,15 +8,14 @@ import os
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.container import base_image, engine
 from tests.container.engine import Container, podman
+from tests.stack import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 MEASUREMENTS: dict[str, str] = {}
 
 

@@ -4,16 +4,13 @@ must survive all of it, stops must be clean, and a generated token is printed on
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
 from tests.container.conftest import authorized, measure
+from tests.support.mlflow_client import run_client
 
 pytestmark = pytest.mark.container
 
@@ -56,11 +53,7 @@ story: dict = {}  # what one test of this module hands to the next (they run in 
 
 
 def mlflow_client(container, token: str, *args: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPROXY_"))}
-    env.update(MLFLOW_TRACKING_URI=f"{container.base}/mlflow", MLFLOW_TRACKING_TOKEN=token)
-    result = subprocess.run([sys.executable, "-c", CLIENT, *args], env=env, capture_output=True, text=True, timeout=180, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_client(CLIENT, container.base, token, *args, timeout=180)
 
 
 def assert_run_intact(seen: dict) -> None:

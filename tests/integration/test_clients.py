@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from tornado.websocket import websocket_connect
+
+from tests.support.mlflow_client import run_client
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +47,8 @@ REMOTE_CLIENT = textwrap.dedent(
 
 
 def test_remote_client_logs_and_reads_back_through_the_route(shared_stack, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPROXY_"))}
-    env.update(MLFLOW_TRACKING_URI=f"{shared_stack.base}/mlflow", MLFLOW_TRACKING_TOKEN=shared_stack.token)
     experiment = f"remote-{uuid.uuid4().hex[:6]}"
-    result = subprocess.run([sys.executable, "-c", REMOTE_CLIENT, experiment], env=env, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    seen = run_client(REMOTE_CLIENT, shared_stack.base, shared_stack.token, experiment, timeout=120, cwd=tmp_path)
     assert seen["params"] == {"alpha": "0.5"}
     assert seen["loss_history"] == [0.3, 0.2, 0.1]
     assert seen["artifacts"] == ["model.txt"] and seen["artifact_size"] == 8000
@@ -163,11 +158,7 @@ BIG_ARTIFACT = textwrap.dedent(
 def test_artifact_over_100_mb_round_trips_through_the_route(shared_stack, tmp_path):
     """jupyter-server-proxy alone fails responses over about 100 MB (its issue #281)."""
     size = 150 << 20
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPROXY_"))}
-    env.update(MLFLOW_TRACKING_URI=f"{shared_stack.base}/mlflow", MLFLOW_TRACKING_TOKEN=shared_stack.token)
-    result = subprocess.run([sys.executable, "-c", BIG_ARTIFACT, str(size)], env=env, cwd=tmp_path, check=False, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    seen = run_client(BIG_ARTIFACT, shared_stack.base, shared_stack.token, str(size), timeout=600, cwd=tmp_path)
     assert seen["received"] == seen["sent"]
     # The UI's download link, as a browser follows it, streams the same bytes.
     answer = shared_stack.session().get(

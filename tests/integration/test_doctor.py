@@ -43,7 +43,8 @@ def test_stopped_stack_with_a_port_conflict_and_a_bad_config(tmp_path):
 def bare_servers(tmp_path):
     """MLflow and Jupyter started by hand, the way people wire them without mlproxy; the test
     chooses which Jupyter extensions are enabled."""
-    settings = Settings(state_dir=tmp_path, jupyter={"port": ports(26888, 0, 0)["jupyter_port"]}, mlflow={"port": ports(0, 26001, 0)["mlflow_port"]}, agent={"metrics_port": 0})
+    bare_ports = ports(26888, 26001, 0)
+    settings = Settings(state_dir=tmp_path, jupyter={"port": bare_ports["jupyter_port"]}, mlflow={"port": bare_ports["mlflow_port"]}, agent={"metrics_port": 0})
     settings.runtime_dir.mkdir(parents=True)
     settings.jupyter.root_dir.mkdir()
     token = credentials.ensure_token(settings.jupyter.token_file)

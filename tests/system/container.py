@@ -296,12 +296,11 @@ class Container:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # --- commands inside ------------------------------------------------------------------
-    def run(self, *argv: str, check: bool = True, timeout: float = 120, input: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    def run(self, *argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run a command inside (all namespaces of the container's PID 1) with a clean environment."""
-        variables = {"PATH": PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "cat", "SYSTEMD_COLORS": "0", **(env or {})}
+        variables = {"PATH": PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "cat", "SYSTEMD_COLORS": "0"}
         command = ["nsenter", "-t", str(self.leader), "-a", "--", "env", "-i", *(f"{k}={v}" for k, v in variables.items()), *argv]
-        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, input=input)
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise HarnessError(
                 f"inside the container, {' '.join(argv)} exited {result.returncode}:\n"
@@ -309,15 +308,10 @@ class Container:
             )
         return result
 
-    def python(self, code: str, *, interpreter: str = "/opt/mlproxy/bin/python", **kwargs) -> subprocess.CompletedProcess:
-        return self.run(interpreter, "-", input=code, **kwargs)
-
     def host_pid(self, pid: int) -> int:
         """The host's pid of a process that the container calls `pid`."""
         namespace = os.readlink(f"/proc/{self.leader}/ns/pid")
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+        for entry in procfs.pids():
             try:
                 if os.readlink(f"/proc/{entry}/ns/pid") != namespace:
                     continue
@@ -326,5 +320,5 @@ class Container:
                 continue
             nspid = next((line for line in status.splitlines() if line.startswith("NSpid:")), "")
             if nspid.split()[-1:] == [str(pid)]:
-                return int(entry)
+                return entry
         raise HarnessError(f"no process {pid} in the container")

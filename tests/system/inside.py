@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from mlproxy_supervisor import procfs  # installed in the container's venv
+
 BASE = "http://127.0.0.1:8888"
 TOKEN_FILE = Path("/var/lib/mlproxy/jupyter_token")
 EXPERIMENT = "system-test"
@@ -111,14 +113,10 @@ def kernel(code_file: str) -> dict:
 def processes() -> dict:
     """Every process whose command line names a part of the stack."""
     found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and entry != str(os.getpid()):
-            try:
-                command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            except OSError:
-                continue
-            if any(word in command for word in STACK_WORDS) and "inside.py" not in command:
-                found[entry] = command
+    for pid in procfs.pids():
+        command = procfs.command_line(pid)
+        if pid != os.getpid() and command is not None and any(word in command for word in STACK_WORDS) and "inside.py" not in command:
+            found[str(pid)] = command
     return {"processes": found}
 
 

@@ -7,15 +7,14 @@ import re
 import shutil
 import subprocess
 import tomllib
-from pathlib import Path
 
 import pytest
 
 from mlproxy_supervisor import install, supervisord_conf, systemd_unit
 from mlproxy_supervisor.agent.notify import Notifier
 from mlproxy_supervisor.config import Settings
+from tests.stack import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "systemd" / "mlproxy.service"
 REGENERATE = "python -m mlproxy_supervisor.systemd_unit > systemd/mlproxy.service"
 

@@ -28,11 +28,11 @@ SCRIPT = textwrap.dedent(
     subprocess.run(["sh", "-c", "sleep 0.3 & exit 0"], check=True)
     time.sleep(1.0)
     before = children()
-    up._reap_adopted(keep=kept.pid)
+    up._reap(keep=kept.pid)
     after = children()
     kept.stdin.close()
     time.sleep(0.5)
-    up._reap_adopted(keep=kept.pid)
+    up._reap(keep=kept.pid)
     kept_after_exit = children()
     print(json.dumps({"kept": kept.pid, "before": before, "after": after,
                       "kept_after_exit": kept_after_exit, "kept_status": kept.wait()}))
