@@ -16,6 +16,11 @@ class Stat(NamedTuple):
     state: str  # R, S, D, Z (zombie), T (stopped), ...
     ppid: int
     pgrp: int
+    cpu_ticks: int = 0  # utime + stime, in clock ticks: grows while the process does any work
+
+    @property
+    def frozen(self) -> bool:
+        return self.state in ("T", "t")  # stopped by a signal (SIGSTOP) or traced
 
 
 def pids() -> Iterator[int]:
@@ -28,8 +33,8 @@ def stat(pid: int) -> Stat | None:
     except OSError:
         return None
     # The command name is in parentheses and may itself contain spaces and parentheses.
-    fields = text[text.rindex(")") + 2 :].split()  # state, ppid, pgrp, ...
-    return Stat(state=fields[0], ppid=int(fields[1]), pgrp=int(fields[2]))
+    fields = text[text.rindex(")") + 2 :].split()  # state, ppid, pgrp, ... [11] utime, [12] stime
+    return Stat(state=fields[0], ppid=int(fields[1]), pgrp=int(fields[2]), cpu_ticks=int(fields[11]) + int(fields[12]))
 
 
 def children(parent: int) -> list[int]:

@@ -14,8 +14,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import sqlite_store
 
 
 class SchemaError(Exception):
@@ -95,8 +98,11 @@ def inspect_sqlite(database: Path) -> SchemaState | None:
     if not database.exists() or database.stat().st_size == 0:
         return SchemaState(database, None, expected, known)
     try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+        # Read-write (never created here), so that SQLite can roll back a journal a crash left.
+        with closing(sqlite_store.open_existing(database)) as connection:
             rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite_store.StoreError as error:
+        raise SchemaError(str(error)) from None
     except sqlite3.OperationalError as error:
         if "no such table" in str(error):
             return SchemaState(database, None, expected, known)
@@ -121,20 +127,14 @@ def refusal(state: SchemaState, uri: str) -> str:
     )
 
 
-def _copy_database(source: Path, target: Path) -> None:
-    """A consistent copy through SQLite's online backup (safe even with a journal pending)."""
-    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as origin, sqlite3.connect(target) as copy:
-        origin.backup(copy)
-
-
 def backup_and_upgrade(state: SchemaState, uri: str, env: dict[str, str]) -> Path:
     """Copy the database aside, run `mlflow db upgrade`; on failure put the copy back."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup = state.database.with_name(f"{state.database.name}.{state.current}.{stamp}.bak")
-    _copy_database(state.database, backup)
+    sqlite_store.copy(state.database, backup)
     result = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], env=env, check=False, capture_output=True, text=True)
     if result.returncode != 0:
-        _copy_database(backup, state.database)
+        sqlite_store.copy(backup, state.database)
         raise SchemaError(
             f"`mlflow db upgrade` failed (exit {result.returncode}); the database was restored from "
             f"{backup}, unchanged:\n{result.stderr[-2000:]}"

@@ -17,7 +17,7 @@ from ..config import Settings
 from ..rpc import ALIVE_STATES, STOPPED, Supervisor, SupervisorUnavailable
 from . import metrics, reconcile, report
 from .notify import Notifier
-from .probes import Prober
+from .probes import Prober, process_activity
 from .reconcile import SERVICES, Memory, Observation, Overall, Restart, Start
 
 IDLE_TICK = 1.0  # seconds between looks at supervisord when nothing is starting (probes wake it too)
@@ -151,7 +151,13 @@ class Agent:
             for name, info in processes.items()
             if name in SERVICES and reconcile.wants_log_tail(memory, info, now, self.settings.agent)
         }
-        seen = Observation(now, state, processes, self.prober.collect(), tails, time.time())
+        activity = {  # /proc, for services still starting: is a slow start frozen or hung?
+            name: found
+            for name, info in processes.items()
+            if name in SERVICES and info.state in ALIVE_STATES and info.pid > 0 and not (memory.services[name].started and memory.services[name].pid == info.pid)
+            and (found := process_activity(info.pid)) is not None
+        }
+        seen = Observation(now, state, processes, self.prober.collect(), tails, time.time(), activity)
         memory, actions, events = reconcile.reconcile(memory, seen, self.settings.agent)
         for event in events:
             log(self.events.record(event, seen.wall))

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .reconcile import ROUTE, ProbeRequest, ProbeResult
+from .. import procfs
+from .reconcile import ROUTE, Activity, ProbeRequest, ProbeResult
 
 if TYPE_CHECKING:  # annotations only: mlflow_app.py imports this module into MLflow's process
     from ..config import Settings
@@ -54,8 +55,9 @@ def checks(settings: Settings) -> dict[tuple[str, str], list[Check]]:
     }
 
 
-def _get(check: Check, token: str, timeout: float) -> str | None:
-    """None when the check passes, else what went wrong (never containing the token)."""
+def _get(check: Check, token: str, timeout: float) -> tuple[bool, str | None]:
+    """(whether the server answered at all, None when the check passes else what went wrong,
+    never containing the token)."""
     parts = urlsplit(check.url)
     headers = {"User-Agent": USER_AGENT, "Connection": "close"}
     if check.authenticated:
@@ -67,17 +69,17 @@ def _get(check: Check, token: str, timeout: float) -> str | None:
         response = connection.getresponse()
         body = response.read(4096)
     except TimeoutError:
-        return f"GET {parts.path}: no answer within {timeout:g} s"
+        return False, f"GET {parts.path}: no answer within {timeout:g} s"
     except (OSError, http.client.HTTPException) as error:
-        return f"GET {parts.path}: {getattr(error, 'strerror', None) or error}"
+        return False, f"GET {parts.path}: {getattr(error, 'strerror', None) or error}"
     finally:
         connection.close()
     if response.status != 200:
         snippet = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
-        return f"GET {parts.path}: HTTP {response.status} {snippet}".rstrip()
+        return True, f"GET {parts.path}: HTTP {response.status} {snippet}".rstrip()
     if check.expect_body is not None and not body.startswith(check.expect_body):
-        return f"GET {parts.path}: unexpected body {body[:60]!r}"
-    return None
+        return True, f"GET {parts.path}: unexpected body {body[:60]!r}"
+    return True, None
 
 
 class Prober:
@@ -94,12 +96,14 @@ class Prober:
         started, wall = time.monotonic(), time.time()
         checks = self._checks[(request.target, request.kind)]
         token = self._token_source() if any(check.authenticated for check in checks) else ""
-        problem = None
+        answered, problem = False, None
         for check in checks:
-            problem = _get(check, token, request.timeout)
+            answered, problem = _get(check, token, request.timeout)
             if problem:
                 break
-        return ProbeResult(request.target, request.kind, problem is None, time.monotonic() - started, wall, problem or "", request.pid, started)
+        return ProbeResult(
+            request.target, request.kind, problem is None, time.monotonic() - started, wall, problem or "", request.pid, started, answered
+        )
 
     def submit(self, requests: list[ProbeRequest]) -> None:
         """Start the probes not already running (one per target and kind at a time)."""
@@ -128,3 +132,12 @@ class Prober:
             finished, _ = wait(pending, timeout=remaining, return_when=FIRST_COMPLETED)
             if wake_on_success or any(future.exception() or not future.result().ok for future in finished):
                 return
+
+
+def process_activity(pid: int) -> Activity | None:
+    """CPU time and stopped state of the process group `pid` leads (supervisord makes each
+    program a group leader; the group includes e.g. `mlflow db upgrade` run by the launcher)."""
+    members = [info for member in procfs.group_members(pid) if (info := procfs.stat(member)) is not None]
+    if not members:
+        return None
+    return Activity(pid, sum(info.cpu_ticks for info in members), all(info.frozen for info in members))

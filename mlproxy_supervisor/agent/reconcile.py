@@ -57,6 +57,16 @@ class ProbeResult:
     detail: str = ""
     pid: int = 0
     started: float = 0.0  # monotonic time the probe began (0: unknown, count from when it was seen)
+    answered: bool = False  # the server sent an HTTP answer (even an error): it is not hung
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What /proc shows of a starting service's process group: whether it works at all."""
+
+    pid: int  # the group leader (the service's process)
+    cpu_ticks: int  # CPU time used by the whole group, in clock ticks
+    frozen: bool  # every member stopped (SIGSTOP, /proc state T)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class Observation:
     probes: tuple[ProbeResult, ...] = ()
     log_tails: dict[str, str] = field(default_factory=dict)
     wall: float = 0.0
+    activity: dict[str, Activity] = field(default_factory=dict)  # starting services only
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,10 @@ class ServiceMemory:
     last_error: str = ""
     last_error_at: float = 0.0
     log_tail: str = ""
+    # While starting: the last time the process showed signs of work (CPU time or an HTTP answer).
+    progress_at: float = 0.0
+    progress_ticks: int = -1
+    frozen: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,11 @@ class Memory:
 
 def _startup_budget(service: str, settings: AgentSettings) -> float:
     return settings.mlflow_startup_budget if service == "mlflow" else settings.jupyter_startup_budget
+
+
+def liveness_budget(settings: AgentSettings) -> float:
+    """How long a hang may last before the agent acts: failure_threshold periods plus a timeout."""
+    return settings.liveness.period * settings.liveness.failure_threshold + settings.liveness.timeout
 
 
 def wants_log_tail(memory: Memory, info: ProcessInfo, now: float, settings: AgentSettings) -> bool:
@@ -194,6 +214,7 @@ def reconcile(memory: Memory, seen: Observation, settings: AgentSettings) -> tup
         if info is None:
             continue
         mem = _follow_process(services[name], info, events, name, seen.now)
+        mem = _track_progress(mem, name, seen)
         mem = _apply_probes(mem, name, seen, settings, events)
         dependencies_ready = all(services[dep].ready for dep in DEPENDS_ON[name])
         mem, action = _decide(mem, name, info, seen, settings, dependencies_ready, events)
@@ -230,6 +251,9 @@ def _follow_process(mem: ServiceMemory, info: ProcessInfo, events: list[Event], 
             next_readiness=0.0,
             restart_pending=False,
             operator_stopped=False,
+            progress_at=0.0,
+            progress_ticks=-1,
+            frozen=False,
         )
     if not alive and mem.pid and info.state not in (STOPPING,):
         # It went away; keep the pid until a new one appears, so the new one counts as a restart.
@@ -237,6 +261,20 @@ def _follow_process(mem: ServiceMemory, info: ProcessInfo, events: list[Event], 
             events.append(Event(name, "exited", f"{info.state}, exit status {info.exitstatus}"))
         return replace(mem, started=False, ready=False)
     return mem
+
+
+def _track_progress(mem: ServiceMemory, name: str, seen: Observation) -> ServiceMemory:
+    """Note when a starting process last did any work: CPU time used by its group, or an HTTP
+    answer to a probe. Liveness probes cover a started process; before that, this is how a frozen
+    or hung start is told from a slow one."""
+    activity = seen.activity.get(name)
+    if mem.started or activity is None or activity.pid != mem.pid:
+        return mem
+    answered = any(r.target == name and r.pid == mem.pid and r.answered for r in seen.probes)
+    worked = activity.cpu_ticks != mem.progress_ticks and not activity.frozen
+    if worked or answered or not mem.progress_at:
+        mem = replace(mem, progress_at=seen.now, progress_ticks=activity.cpu_ticks)
+    return replace(mem, frozen=activity.frozen)
 
 
 def _apply_probes(mem: ServiceMemory, name: str, seen: Observation, settings: AgentSettings, events: list[Event]) -> ServiceMemory:
@@ -332,6 +370,15 @@ def _decide(
             events.append(Event(name, "restart", reason))
             return replace(mem, phase=Phase.RESTARTING, restart_pending=True), Restart(name, info.pid, reason)
         return replace(mem, phase=Phase.READY if mem.ready else Phase.UNREADY), None
+    stalled = seen.now - mem.progress_at if mem.progress_at else 0.0
+    if stalled > liveness_budget(settings):
+        if mem.frozen:
+            reason = f"frozen while starting: stopped (/proc state T) for {stalled:.0f} s"
+        else:
+            reason = f"hung while starting: no CPU time used and no probe answered for {stalled:.0f} s"
+        events.append(Event(name, "restart", reason))
+        mem = _with_error(mem, reason, seen)
+        return replace(mem, phase=Phase.RESTARTING, restart_pending=True), Restart(name, info.pid, reason)
     budget = _startup_budget(name, settings)
     # Counted from the process start, or from when this agent first saw it (an adopted process
     # gets a full budget: a restarted agent must not kill what it has not probed yet).

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from mlproxy_supervisor.agent.reconcile import (
+    Activity,
     Memory,
     Observation,
     Overall,
@@ -16,6 +17,7 @@ from mlproxy_supervisor.agent.reconcile import (
     Restart,
     ServiceMemory,
     Start,
+    liveness_budget,
     plan_probes,
     reconcile,
     wants_log_tail,
@@ -37,8 +39,8 @@ def never_started(name: str) -> ProcessInfo:
     return ProcessInfo(name, "STOPPED", 0, 0.0, 0.0, NOW, 0, "")
 
 
-def seen(*processes: ProcessInfo, probes=(), tails=None, now=NOW, supervisor="RUNNING") -> Observation:
-    return Observation(now, supervisor, {p.name: p for p in processes}, tuple(probes), tails or {}, now)
+def seen(*processes: ProcessInfo, probes=(), tails=None, now=NOW, supervisor="RUNNING", activity=None) -> Observation:
+    return Observation(now, supervisor, {p.name: p for p in processes}, tuple(probes), tails or {}, now, activity or {})
 
 
 def ok(target: str, kind: str = "readiness", pid: int = 0, good: bool = True) -> ProbeResult:
@@ -262,3 +264,46 @@ def test_probe_periods_count_from_the_probe_start_not_its_answer():
     failed = ProbeResult("mlflow", "liveness", False, SETTINGS.liveness.timeout, began, "no answer", 101, began)
     memory, _, _ = reconcile(memory, seen(proc("mlflow"), proc("jupyter"), probes=[failed]), SETTINGS)
     assert memory.services["mlflow"].next_liveness == began + SETTINGS.liveness.period
+
+
+def _start_mlflow(ticks_at, frozen_at=lambda t: False, answered_at=lambda t: False, until: float = 60.0, tick: float = 0.5):
+    """Drive reconcile through a starting MLflow whose /proc shows ticks_at(t) CPU ticks t seconds
+    after it began, never passing its startup probe. Returns (seconds to the Restart or None, its reason)."""
+    memory, _, _ = reconcile(Memory(), seen(never_started("mlflow"), never_started("jupyter")), SETTINGS)
+    t = 0.0
+    while t <= until:
+        now = NOW + t
+        info = proc("mlflow", "STARTING" if t < 1 else "RUNNING", start=NOW, now=now)
+        probe = ProbeResult("mlflow", "readiness", False, 0.01, now, "HTTP 503" if answered_at(t) else "refused", 101, now, answered_at(t))
+        activity = {"mlflow": Activity(101, ticks_at(t), frozen_at(t))}
+        memory, actions, _ = reconcile(memory, seen(info, never_started("jupyter"), probes=[probe], now=now, activity=activity), SETTINGS)
+        restarts = [a for a in actions if isinstance(a, Restart)]
+        if restarts:
+            return t, restarts[0].reason
+        t += tick
+    return None, ""
+
+
+def test_a_start_frozen_by_sigstop_is_restarted_within_the_liveness_budget():
+    frozen_from = 5.0
+    at, reason = _start_mlflow(lambda t: int(min(t, frozen_from) * 50), frozen_at=lambda t: t >= frozen_from)
+    assert at is not None and at - frozen_from <= liveness_budget(SETTINGS) + 0.5
+    assert "frozen while starting" in reason and "state T" in reason
+
+
+def test_a_start_that_uses_no_cpu_and_answers_nothing_is_restarted_as_hung():
+    at, reason = _start_mlflow(lambda t: int(min(t, 3.0) * 50))
+    assert at is not None and at - 3.0 <= liveness_budget(SETTINGS) + 0.5
+    assert "hung while starting" in reason
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(ticks_at=lambda t: int(t * 50)),  # busy importing: a slow start, not a hang
+        dict(ticks_at=lambda t: 7, answered_at=lambda t: True),  # idle, but answering (HTTP 503)
+    ],
+)
+def test_a_slow_start_that_makes_progress_gets_its_whole_startup_budget(case):
+    at, _ = _start_mlflow(**case, until=SETTINGS.mlflow_startup_budget - 1)
+    assert at is None

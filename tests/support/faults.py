@@ -1,0 +1,223 @@
+"""Faults under load: client processes log through /mlflow/ while processes of the stack are killed
+or frozen at random; after each fault the stack must be READY again, and at the end every write
+the server acknowledged must be stored. Used by tests/faults (short) and benchmarks (long).
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mlproxy_supervisor import procfs
+from tests.stack import ROOT, Stack
+
+KINDS = (
+    "kill-mlflow", "kill-jupyter", "kill-agent",
+    "freeze-mlflow", "freeze-jupyter", "freeze-agent",
+    "freeze-mlflow-while-starting",  # a fault during a recovery: MLflow killed, its successor frozen
+    "power-cut",
+)
+RECOVERY_TIMEOUT = 300.0  # seconds; a loaded 2-core machine, MLflow possibly in supervisord's backoff
+AGENT_FREEZE = 5.0  # seconds a frozen agent stays frozen (nothing above it would notice under `up`)
+
+
+@dataclass
+class Outcome:
+    kind: str
+    recovered: bool
+    seconds: float  # from the fault to READY again (or to giving up)
+    detail: str = ""
+
+
+def _status(stack: Stack) -> dict:
+    try:
+        return json.loads((stack.state_dir / "run" / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _service_pid(stack: Stack, name: str) -> int:
+    status = _status(stack)
+    if name == "agent":
+        return status.get("agent_pid") or 0
+    if name == "supervisord":
+        return status.get("supervisord", {}).get("pid") or 0
+    return status.get("services", {}).get(name, {}).get("pid") or 0
+
+
+def _updated(status: dict) -> float:
+    text = status.get("updated")
+    return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + text[19:-1]) if text else 0.0
+
+
+def _wait(predicate, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def _descendants(root: int) -> list[int]:
+    parents = {pid: info.ppid for pid in procfs.pids() if (info := procfs.stat(pid)) is not None}
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return found
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+class Faults:
+    """Injects faults of KINDS into a running Stack and times each recovery."""
+
+    def __init__(self, stack: Stack, seed: int):
+        self.stack, self.rng = stack, random.Random(seed)
+        self.outcomes: list[Outcome] = []
+
+    def plan(self, count: int) -> list[str]:
+        """Every kind at least once, then random kinds, in random order."""
+        kinds = list(KINDS) + [self.rng.choice(KINDS) for _ in range(max(0, count - len(KINDS)))]
+        self.rng.shuffle(kinds)
+        return kinds
+
+    def ready_after(self, since: float, changed: dict[str, int]) -> bool:
+        """READY in a status document written after `since`, with each service in `changed`
+        running as a process other than the one the fault hit."""
+        status = _status(self.stack)
+        if status.get("overall") != "ready" or _updated(status) <= since:
+            return False
+        return all(_service_pid(self.stack, name) not in (0, pid) for name, pid in changed.items())
+
+    def inject(self, kind: str) -> Outcome:
+        stack = self.stack
+        assert _wait(lambda: _status(stack).get("overall") == "ready", RECOVERY_TIMEOUT), "not ready before a fault"
+        started = time.time()
+        changed: dict[str, int] = {}
+        detail = ""
+        action, _, target = kind.partition("-")
+        if kind == "power-cut":
+            changed["supervisord"] = _service_pid(stack, "supervisord")
+            self.power_cut()
+        elif kind == "freeze-mlflow-while-starting":
+            old = stack.pid("mlflow")
+            os.kill(old, signal.SIGKILL)
+            if _wait(lambda: stack.supervisor.processes()["mlflow"].pid not in (0, old), 60, 0.02):
+                successor = stack.supervisor.processes()["mlflow"].pid
+                os.kill(successor, signal.SIGSTOP)
+                changed["mlflow"] = successor
+                detail = f"froze pid {successor} while starting"
+            else:
+                changed["mlflow"] = old
+        elif target == "agent" and action == "freeze":
+            pid = stack.pid("agent")
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(AGENT_FREEZE)
+            os.kill(pid, signal.SIGCONT)
+        else:
+            pid = stack.pid(target)
+            os.kill(pid, signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+            changed[target] = pid
+            if target == "mlflow" and action == "freeze":
+                journal = Path(str(stack.state_dir / "mlflow" / "mlflow.db") + "-journal")
+                detail = "journal pending" if journal.exists() else ""
+        recovered = _wait(lambda: self.ready_after(started, changed), RECOVERY_TIMEOUT, 0.1)
+        outcome = Outcome(kind, recovered, time.time() - started, detail)
+        self.outcomes.append(outcome)
+        return outcome
+
+    def power_cut(self) -> None:
+        """SIGKILL of the whole tree at once (`mlproxy up`, supervisord and everything under it),
+        frozen first so nothing reacts to the others' deaths; then `mlproxy up` again."""
+        stack = self.stack
+        tree = _descendants(stack.process.pid)
+        _signal(tree, signal.SIGSTOP)
+        _signal(tree, signal.SIGKILL)
+        stack.process.wait(60)
+        stack._log.close()
+        stack.start(wait=False)
+
+    def summary(self) -> dict:
+        by_kind: dict[str, list[float]] = {}
+        for outcome in self.outcomes:
+            if outcome.recovered:
+                by_kind.setdefault(outcome.kind, []).append(outcome.seconds)
+        return {
+            "faults": len(self.outcomes),
+            "never_recovered": [asdict(o) for o in self.outcomes if not o.recovered],
+            "recovery_seconds": by_kind,
+            "outcomes": [asdict(o) for o in self.outcomes],
+        }
+
+
+class Load:
+    """CLIENTS processes of tests/support/load.py writing through the stack's route."""
+
+    def __init__(self, stack: Stack, directory: Path, clients: int, seed: int):
+        self.stack, self.directory = stack, directory
+        self.stop_file = directory / "stop"
+        self.ledgers = [directory / f"client-{i}.jsonl" for i in range(clients)]
+        self.processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.support.load", "write", str(ledger), str(self.stop_file), str(seed * 100 + i)],
+                env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(directory / f"client-{i}.err", "w"),  # noqa: SIM115
+            )
+            for i, ledger in enumerate(self.ledgers)
+        ]
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPROXY_"))}
+        env.update(MLFLOW_TRACKING_URI=f"{self.stack.base}/mlflow", MLFLOW_TRACKING_TOKEN=self.stack.token)
+        return env
+
+    def acknowledged(self) -> int:
+        return sum(len(ledger.read_text().splitlines()) for ledger in self.ledgers if ledger.exists())
+
+    def stop(self) -> list[int]:
+        self.stop_file.touch()
+        return [process.wait(120) for process in self.processes]
+
+    def verify(self) -> dict:
+        result = subprocess.run(
+            [sys.executable, "-m", "tests.support.load", "verify", *map(str, self.ledgers)],
+            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run(stack: Stack, directory: Path, faults: int, clients: int, seed: int, log=print) -> dict:
+    """The whole exercise: load, `faults` faults each followed by READY, then the check."""
+    load = Load(stack, directory, clients, seed)
+    injector = Faults(stack, seed)
+    try:
+        _wait(lambda: load.acknowledged() >= clients * 5, 300)
+        for number, kind in enumerate(injector.plan(faults), 1):
+            before = load.acknowledged()
+            outcome = injector.inject(kind)
+            log(f"fault {number}/{faults} {kind}: {'READY' if outcome.recovered else 'NOT RECOVERED'} after "
+                f"{outcome.seconds:.1f} s {outcome.detail} (acknowledged so far {before})")
+            if not outcome.recovered:
+                break
+            _wait(lambda b=before: load.acknowledged() > b, 120)  # the clients write again
+    finally:
+        load.stop()
+    return {**injector.summary(), **load.verify(), "clients": clients, "seed": seed}
