@@ -63,6 +63,18 @@ def cmd_doctor(args) -> int:
     return doctor.run(args.config)
 
 
+def cmd_backup(args) -> int:
+    from . import backup
+
+    return backup.run_backup(_settings(args), args.destination)
+
+
+def cmd_restore(args) -> int:
+    from . import backup
+
+    return backup.run_restore(_settings(args), args.source)
+
+
 def cmd_url(args) -> int:
     from .credentials import CredentialError, read_token
 
@@ -119,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", parents=[common], help="diagnose why MLflow does not work behind Jupyter, with fixes")
     doctor.set_defaults(func=cmd_doctor)
+
+    backup = commands.add_parser("backup", parents=[common], help="consistent copy of the database and artifacts, safe while running")
+    backup.add_argument("destination", type=Path, help="a new directory for the backup")
+    backup.set_defaults(func=cmd_backup)
+
+    restore = commands.add_parser("restore", parents=[common], help="put a backup back (stopped stack only; keeps what it replaces)")
+    restore.add_argument("source", type=Path, help="a directory written by `mlproxy backup`")
+    restore.set_defaults(func=cmd_restore)
 
     url = commands.add_parser("url", parents=[common], help="print the URL to open, token included")
     url.add_argument("route", nargs="?", default="mlflow/", help="path under Jupyter (default mlflow/)")

@@ -136,7 +136,7 @@ class Faults:
             os.kill(pid, signal.SIGKILL if action == "kill" else signal.SIGSTOP)
             changed[target] = pid
             if target == "mlflow" and action == "freeze":
-                journal = Path(str(stack.state_dir / "mlflow" / "mlflow.db") + "-journal")
+                journal = Path(str(stack.state_dir / "mlflow.db") + "-journal")
                 detail = "journal pending" if journal.exists() else ""
         recovered = _wait(lambda: self.ready_after(started, changed), RECOVERY_TIMEOUT, 0.1)
         outcome = Outcome(kind, recovered, time.time() - started, detail)
