@@ -59,6 +59,11 @@ class MLflowSettings(_Section):
         description="What to do with an out-of-date SQLite schema: refuse with the upgrade "
         "command, or back the database up and run `mlflow db upgrade`.",
     )
+    sqlite_journal_mode: Literal["wal", "delete"] = Field(
+        "delete",
+        description="SQLite's journal mode, set on the database before MLflow starts (see docs/RELIABILITY.md). "
+        "wal keeps -wal and -shm files beside the database; both survive kill -9 and power cuts.",
+    )
 
     @field_validator("host")
     @classmethod

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import credentials, schema
+from . import credentials, schema, sqlite_store
 
 if TYPE_CHECKING:  # not imported at run time: the launcher must start fast
     from .config import Settings
@@ -135,7 +135,11 @@ def launch_spec(name: str, settings: Settings) -> dict:
     """What the launcher needs to start one server, resolved from the config."""
     if name == "mlflow":
         argv, env = mlflow_command(settings)
-        checks = {"backend_store_uri": settings.mlflow.backend_store_uri, "schema_upgrade": settings.mlflow.schema_upgrade}
+        checks = {
+            "backend_store_uri": settings.mlflow.backend_store_uri,
+            "schema_upgrade": settings.mlflow.schema_upgrade,
+            "sqlite_journal_mode": settings.mlflow.sqlite_journal_mode,
+        }
     elif name == "jupyter":
         argv, env = jupyter_command(settings)
         checks = {
@@ -161,8 +165,12 @@ def prepare_mlflow(spec: dict, env: dict[str, str]) -> None:
     if database is None:
         return  # other databases: MLflow's own check (mlflow_app.py) refuses with its message
     state = schema.inspect_sqlite(database)
-    if state is None or state.up_to_date:
-        return
+    if state is not None and not state.up_to_date:
+        _upgrade(spec, uri, database, state, env)
+    sqlite_store.set_journal_mode(database, spec["sqlite_journal_mode"])
+
+
+def _upgrade(spec: dict, uri: str, database: Path, state: schema.SchemaState, env: dict[str, str]) -> None:
     if state.newer_than_mlflow or spec["schema_upgrade"] == "refuse":
         raise LaunchError(schema.refusal(state, uri))
     backup = schema.backup_and_upgrade(state, uri, env)
@@ -187,7 +195,7 @@ def exec_server(spec: dict) -> None:
             prepare_mlflow(spec, env)
         else:
             prepare_jupyter(spec)
-    except (schema.SchemaError, credentials.CredentialError) as error:
+    except (schema.SchemaError, sqlite_store.StoreError, credentials.CredentialError) as error:
         raise LaunchError(str(error)) from None
     os.execve(spec["argv"][0], spec["argv"], env)
 

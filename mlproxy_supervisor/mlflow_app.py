@@ -18,7 +18,7 @@ import sys
 
 import sqlalchemy
 
-from . import schema
+from . import schema, sqlite_store
 from .agent.probes import MLFLOW_PROBE_PATHS
 from .launch import MLFLOW_SERVER_ENV, STORE_LOCK_ENV
 
@@ -37,6 +37,9 @@ def _check_reachable(uri: str) -> None:
             raise StoreUnusable(f"the database {database} is not writable by this user (uid {os.geteuid()})")
         if not os.access(directory, os.W_OK | os.X_OK):
             raise StoreUnusable(f"the database directory {directory} is not writable (SQLite needs it for its journal)")
+        for side_file in sqlite_store.journal_files(database):  # e.g. -wal/-shm left by another user
+            if side_file.exists() and not os.access(side_file, os.R_OK | os.W_OK):
+                raise StoreUnusable(f"{side_file} is not writable by this user (uid {os.geteuid()}): chown it to the database's owner")
         return
     connect_args = {"connect_timeout": CONNECT_TIMEOUT} if uri.startswith(("postgresql", "mysql")) else {}
     engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)

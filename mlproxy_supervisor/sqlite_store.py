@@ -45,6 +45,17 @@ def open_existing(database: Path) -> sqlite3.Connection:
     return connection
 
 
+def set_journal_mode(database: Path, mode: str) -> None:
+    """Put the database (created if new, for MLflow to fill) in `mode` ("wal" or "delete"). The mode
+    is stored in the file, so every later connection, MLflow's included, uses it."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    connection = open_existing(database) if database.exists() else sqlite3.connect(database, timeout=BUSY_TIMEOUT)
+    with closing(connection):
+        actual = connection.execute(f"PRAGMA journal_mode={mode}").fetchone()[0]
+    if actual != mode:
+        raise StoreError(f"SQLite kept {database} in journal mode {actual}, not {mode} (another process holds it open?)")
+
+
 def copy(source: Path, target: Path) -> None:
     """A consistent copy of `source` into `target` (replacing its content), through SQLite's online backup:
     safe while writers run, and after a crash (the source's pending journal is rolled back
