@@ -134,7 +134,19 @@ def restore(settings: Settings, source: Path) -> list[Path]:
         _copy_tree(source / manifest["artifacts"], artifacts)
     else:
         artifacts.mkdir(parents=True, exist_ok=True)
+    _own_like(database.parent, [database, artifacts])
     return moved
+
+
+def _own_like(reference: Path, paths: list[Path]) -> None:
+    """Run as root (e.g. `sudo mlproxy restore`), give what we wrote to the owner of the data
+    directory: the service user must be able to write its database and artifacts."""
+    if os.geteuid() != 0:
+        return
+    owner = reference.stat()
+    for path in paths:
+        for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+            os.chown(item, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
 def run_backup(settings: Settings, destination: Path) -> int:
