@@ -11,12 +11,14 @@ We try once, with a short connect timeout, and exit with the cause; supervisord 
 do the retrying, visibly.
 """
 
+import errno
 import fcntl
 import logging
 import os
 import sys
 
 import sqlalchemy
+from werkzeug.exceptions import InternalServerError
 
 from . import schema, sqlite_store
 from .agent.probes import MLFLOW_PROBE_PATHS
@@ -86,6 +88,20 @@ except Exception as error:  # this line is the cause the agent reports from the 
     print(f"mlproxy: MLflow cannot use its backend store: {type(error).__name__}: {message}", file=sys.stderr, flush=True)
     sys.exit(3)
 
-from mlflow.server.fastapi_app import app  # noqa: E402  (after the store check, as `mlflow server`)
+from mlflow.server.fastapi_app import app, flask_app  # noqa: E402  (after the store check, as `mlflow server`)
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space(error: OSError):
+    """A full disk (artifact upload, a temporary file) answers 507 with MLflow's error format and
+    the cause, not Flask's bare "500 Internal Server Error" page."""
+    if error.errno not in OUT_OF_SPACE:
+        return InternalServerError()
+    message = f"{os.strerror(error.errno)}: the server could not store this ({error.filename or 'disk full'}); free space there, then retry"
+    return {"error_code": "RESOURCE_EXHAUSTED", "message": message}, 507
+
+
+flask_app.register_error_handler(OSError, _out_of_space)
 
 __all__ = ["app"]

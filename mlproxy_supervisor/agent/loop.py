@@ -17,7 +17,7 @@ from ..config import Settings
 from ..rpc import ALIVE_STATES, STOPPED, Supervisor, SupervisorUnavailable
 from . import metrics, reconcile, report
 from .notify import Notifier
-from .probes import Prober, process_activity
+from .probes import Prober, free_space, process_activity, store_locations
 from .reconcile import SERVICES, Memory, Observation, Overall, Restart, Start
 
 IDLE_TICK = 1.0  # seconds between looks at supervisord when nothing is starting (probes wake it too)
@@ -63,6 +63,7 @@ class Agent:
         self.settings = settings
         self.supervisor = Supervisor(settings.socket_path)
         self.prober = Prober(settings, lambda: credentials.read_token(settings.jupyter.token_file))
+        self.store_locations = store_locations(settings)
         self.notifier = Notifier()
         self.events = report.EventLog()
         self.metrics = self._start_metrics()
@@ -157,7 +158,8 @@ class Agent:
             if name in SERVICES and info.state in ALIVE_STATES and info.pid > 0 and not (memory.services[name].started and memory.services[name].pid == info.pid)
             and (found := process_activity(info.pid)) is not None
         }
-        seen = Observation(now, state, processes, self.prober.collect(), tails, time.time(), activity)
+        space = free_space(self.store_locations)
+        seen = Observation(now, state, processes, self.prober.collect(), tails, time.time(), activity, space)
         memory, actions, events = reconcile.reconcile(memory, seen, self.settings.agent)
         for event in events:
             log(self.events.record(event, seen.wall))

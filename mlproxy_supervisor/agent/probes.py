@@ -7,6 +7,7 @@ reused sockets never applies) and is bounded by its timeout.
 from __future__ import annotations
 
 import http.client
+import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .. import procfs
-from .reconcile import ROUTE, Activity, ProbeRequest, ProbeResult
+from .reconcile import ROUTE, Activity, ProbeRequest, ProbeResult, Space
 
 if TYPE_CHECKING:  # annotations only: mlflow_app.py imports this module into MLflow's process
     from ..config import Settings
@@ -141,3 +142,27 @@ def process_activity(pid: int) -> Activity | None:
     if not members:
         return None
     return Activity(pid, sum(info.cpu_ticks for info in members), all(info.frozen for info in members))
+
+
+def store_locations(settings: Settings) -> list[tuple[str, str]]:
+    """(what, directory) of the local places MLflow writes to."""
+    from ..schema import sqlite_database
+
+    found = []
+    database = sqlite_database(settings.mlflow.backend_store_uri)
+    if database is not None:
+        found.append(("the MLflow database's directory", str(database.parent)))
+    if settings.mlflow.artifacts_destination.startswith("/"):
+        found.append(("the artifact store", settings.mlflow.artifacts_destination))
+    return found
+
+
+def free_space(locations: list[tuple[str, str]]) -> tuple[Space, ...]:
+    spaces = []
+    for what, path in locations:
+        try:
+            stats = os.statvfs(path)
+        except OSError:
+            continue  # not created yet: MLflow creates it
+        spaces.append(Space(what, path, stats.f_bavail * stats.f_frsize))
+    return tuple(spaces)

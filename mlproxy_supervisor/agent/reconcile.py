@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # annotations only (see probes.py)
 SERVICES = ("mlflow", "jupyter")
 DEPENDS_ON: dict[str, tuple[str, ...]] = {"mlflow": (), "jupyter": ("mlflow",)}
 ROUTE = "route"
+STORAGE = "storage"
+# Below this much free space where MLflow writes, SQLite's journal and artifact uploads fail soon.
+MIN_FREE_BYTES = 32 * 2**20
 
 
 class Phase(str, Enum):
@@ -70,6 +73,15 @@ class Activity:
 
 
 @dataclass(frozen=True)
+class Space:
+    """Free space where MLflow writes (the SQLite database's directory, a local artifact store)."""
+
+    what: str  # e.g. "the artifact store"
+    path: str
+    free_bytes: int
+
+
+@dataclass(frozen=True)
 class Observation:
     now: float  # monotonic seconds, for schedules
     supervisor_state: str | None  # None: supervisord did not answer
@@ -78,6 +90,7 @@ class Observation:
     log_tails: dict[str, str] = field(default_factory=dict)
     wall: float = 0.0
     activity: dict[str, Activity] = field(default_factory=dict)  # starting services only
+    space: tuple[Space, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,13 +156,14 @@ class Memory:
     route: RouteMemory = RouteMemory()
     ever_ready: bool = False
     supervisor_available: bool = True
+    storage_problems: tuple[str, ...] = ()  # e.g. "the artifact store /data/artifacts: 0 MiB free"
 
     @property
     def overall(self) -> Overall:
         if not self.supervisor_available or any(s.phase is Phase.FAILED for s in self.services.values()):
             return Overall.DOWN
         if self.route.ready and all(s.phase is Phase.READY for s in self.services.values()):
-            return Overall.READY
+            return Overall.DEGRADED if self.storage_problems else Overall.READY
         return Overall.DEGRADED if self.ever_ready else Overall.STARTING
 
 
@@ -223,11 +237,22 @@ def reconcile(memory: Memory, seen: Observation, settings: AgentSettings) -> tup
             actions.append(action)
 
     route = _apply_route_probe(memory.route, seen, settings, services, events)
-    memory = replace(memory, services=services, route=route)
+    memory = replace(memory, services=services, route=route, storage_problems=_storage(memory, seen, events))
     if memory.overall is Overall.READY and not memory.ever_ready:
         events.append(Event(ROUTE, "stack-ready", "the route works: /mlflow/ and /proxy/<port>/ through Jupyter"))
         memory = replace(memory, ever_ready=True)
     return memory, actions, events
+
+
+def _storage(memory: Memory, seen: Observation, events: list[Event]) -> tuple[str, ...]:
+    problems = tuple(
+        f"{space.what} {space.path}: {space.free_bytes / 2**20:.0f} MiB free (writes fail when it is full)"
+        for space in seen.space
+        if space.free_bytes < MIN_FREE_BYTES
+    )
+    if problems != memory.storage_problems:
+        events.append(Event(STORAGE, "low" if problems else "ok", "; ".join(problems) or "enough free space again"))
+    return problems
 
 
 def _follow_process(mem: ServiceMemory, info: ProcessInfo, events: list[Event], name: str, now: float) -> ServiceMemory:

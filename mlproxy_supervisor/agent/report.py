@@ -54,7 +54,8 @@ def status_line(memory: Memory) -> str:
         return f"{memory.overall.value}: supervisord is not answering on its socket"
     parts = [f"{name} {mem.phase.value}" for name, mem in memory.services.items()]
     route = "route ok" if memory.route.ready else "route not ready"
-    return f"{memory.overall.value}: " + ", ".join(parts) + f", {route}"
+    storage = "".join(f"; disk nearly full: {problem}" for problem in memory.storage_problems)
+    return f"{memory.overall.value}: " + ", ".join(parts) + f", {route}{storage}"
 
 
 def status_document(
@@ -99,6 +100,7 @@ def status_document(
         },
         "urls": {"jupyter": f"{base}/", "mlflow": f"{base}/mlflow/", "proxy": f"{base}/proxy/{settings.mlflow.port}/"},
         "services": services,
+        "storage_problems": list(memory.storage_problems),
         "events": list(events.entries),
     }
 

@@ -307,3 +307,18 @@ def test_a_start_that_uses_no_cpu_and_answers_nothing_is_restarted_as_hung():
 def test_a_slow_start_that_makes_progress_gets_its_whole_startup_budget(case):
     at, _ = _start_mlflow(**case, until=SETTINGS.mlflow_startup_budget - 1)
     assert at is None
+
+
+def test_low_disk_space_degrades_a_ready_stack_with_the_reason_and_recovers():
+    from mlproxy_supervisor.agent.reconcile import MIN_FREE_BYTES, Space
+    from mlproxy_supervisor.agent.report import status_line
+
+    both = (proc("mlflow"), proc("jupyter"))
+    full = Observation(NOW, "RUNNING", {p.name: p for p in both}, (), {}, NOW, {}, (Space("the artifact store", "/data/a", 1024),))
+    memory, actions, events = reconcile(ready_memory(), full, SETTINGS)
+    assert actions == [] and memory.overall is Overall.DEGRADED
+    assert "disk nearly full: the artifact store /data/a: 0 MiB free" in status_line(memory)
+    assert [(e.service, e.kind) for e in events] == [("storage", "low")]
+    roomy = replace(full, space=(Space("the artifact store", "/data/a", MIN_FREE_BYTES * 4),))
+    memory, _, events = reconcile(memory, roomy, SETTINGS)
+    assert memory.overall is Overall.READY and [(e.service, e.kind) for e in events] == [("storage", "ok")]
