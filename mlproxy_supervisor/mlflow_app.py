@@ -18,6 +18,7 @@ import os
 import sys
 
 import sqlalchemy
+from starlette.responses import JSONResponse, PlainTextResponse
 from werkzeug.exceptions import InternalServerError
 
 from . import schema, sqlite_store
@@ -93,15 +94,27 @@ from mlflow.server.fastapi_app import app, flask_app  # noqa: E402  (after the s
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _out_of_space(error: OSError):
-    """A full disk (artifact upload, a temporary file) answers 507 with MLflow's error format and
-    the cause, not Flask's bare "500 Internal Server Error" page."""
-    if error.errno not in OUT_OF_SPACE:
-        return InternalServerError()
-    message = f"{os.strerror(error.errno)}: the server could not store this ({error.filename or 'disk full'}); free space there, then retry"
-    return {"error_code": "RESOURCE_EXHAUSTED", "message": message}, 507
+def _out_of_space_body(error: OSError) -> dict:
+    where = error.filename or "its store"
+    return {
+        "error_code": "RESOURCE_EXHAUSTED",
+        "message": f"{os.strerror(error.errno)}: the server could not store this in {where}; free space there, then retry",
+    }
 
 
-flask_app.register_error_handler(OSError, _out_of_space)
+# A full disk answers 507 with MLflow's error format and the cause, not a bare "500 Internal
+# Server Error". Artifact uploads are FastAPI routes, the REST API is Flask: one handler each.
+def _flask_out_of_space(error: OSError):
+    return (_out_of_space_body(error), 507) if error.errno in OUT_OF_SPACE else InternalServerError()
+
+
+async def _fastapi_out_of_space(request, error: OSError):
+    if error.errno in OUT_OF_SPACE:
+        return JSONResponse(_out_of_space_body(error), status_code=507)
+    return PlainTextResponse("Internal Server Error", status_code=500)
+
+
+flask_app.register_error_handler(OSError, _flask_out_of_space)
+app.add_exception_handler(OSError, _fastapi_out_of_space)
 
 __all__ = ["app"]
