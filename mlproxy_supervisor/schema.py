@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -92,6 +94,9 @@ def _migration_revisions() -> tuple[str | None, frozenset[str]]:
 
 def inspect_sqlite(database: Path) -> SchemaState | None:
     """The schema state of a SQLite store, or None when it cannot be judged here."""
+    interrupted = interrupted_upgrade(database)
+    if interrupted:
+        raise SchemaError(interrupted)
     expected, known = _migration_revisions()
     if expected is None:
         return None
@@ -127,16 +132,52 @@ def refusal(state: SchemaState, uri: str) -> str:
     )
 
 
+def upgrade_marker(database: Path) -> Path:
+    """Present while an upgrade runs: if it is still there at the next start, the upgrade was
+    interrupted (kill -9, a power cut) and the database may be half-upgraded."""
+    return database.with_name(database.name + ".upgrading")
+
+
+def interrupted_upgrade(database: Path) -> str | None:
+    """How to recover from an upgrade that was interrupted, or None."""
+    marker = upgrade_marker(database)
+    try:
+        facts = json.loads(marker.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        facts = {"backup": f"(unreadable marker {marker}: {error}; see the *.bak files beside it)"}
+    half = database.with_name(database.name + ".half-upgraded")
+    return (
+        f"an upgrade of the MLflow database {database} from schema {facts.get('from')} to {facts.get('to')} "
+        f"was interrupted (started {facts.get('started')}); the database may be half-upgraded. The copy taken "
+        f"before it is intact: {facts['backup']}. With the stack stopped, put it back (the journal moves "
+        f"with the half-upgraded file; never delete a journal):\n"
+        f"    mv {database} {half}; [ -e {database}-journal ] && mv {database}-journal {half}-journal; "
+        f"cp {facts['backup']} {database} && rm {marker}\n"
+        "then start again: the upgrade runs again from the backup."
+    )
+
+
 def backup_and_upgrade(state: SchemaState, uri: str, env: dict[str, str]) -> Path:
-    """Copy the database aside, run `mlflow db upgrade`; on failure put the copy back."""
+    """Copy the database aside, run `mlflow db upgrade`; on failure put the copy back. A marker
+    file tells the next start when this was interrupted (see interrupted_upgrade)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup = state.database.with_name(f"{state.database.name}.{state.current}.{stamp}.bak")
     sqlite_store.copy(state.database, backup)
+    marker = upgrade_marker(state.database)
+    facts = {"backup": str(backup), "from": state.current, "to": state.expected, "started": stamp}
+    with open(marker, "w") as out:  # durable before the first change to the database
+        out.write(json.dumps(facts) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
     result = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], env=env, check=False, capture_output=True, text=True)
     if result.returncode != 0:
         sqlite_store.copy(backup, state.database)
+        marker.unlink()
         raise SchemaError(
             f"`mlflow db upgrade` failed (exit {result.returncode}); the database was restored from "
             f"{backup}, unchanged:\n{result.stderr[-2000:]}"
         )
+    marker.unlink()
     return backup
