@@ -60,7 +60,7 @@ def plot(result: dict) -> None:
 
     kinds = sorted(result["recovery_seconds"])
     figure, axes = plt.subplots(figsize=(9, 4.5))
-    axes.boxplot([result["recovery_seconds"][k] for k in kinds], vert=False, tick_labels=kinds)
+    axes.boxplot([result["recovery_seconds"][k] for k in kinds], orientation="horizontal", tick_labels=kinds)
     for row, kind in enumerate(kinds, 1):
         values = result["recovery_seconds"][kind]
         axes.scatter(values, [row + random.uniform(-0.12, 0.12) for _ in values], s=10, alpha=0.6)
