@@ -67,11 +67,16 @@ def concurrent_writes(stack, clients: int, seconds: float) -> dict:
     env.update(MLFLOW_TRACKING_URI=f"{stack.base}/mlflow", MLFLOW_TRACKING_TOKEN=stack.token)
     start_at = time.time() + 15 + clients * 2.5  # every client imported mlflow and made its run
     workers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(start_at), str(seconds), f"writers-{clients}"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        for _ in range(clients)
+        subprocess.Popen([sys.executable, "-c", WRITER, str(start_at), str(seconds), f"writers-{clients}-{i}"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(clients)
     ]
-    outputs = [json.loads(worker.communicate(timeout=600)[0].strip().splitlines()[-1]) for worker in workers]
+    outputs = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=600)
+        if worker.returncode != 0:
+            raise RuntimeError(f"a writer failed before its measurement:\n{err[-2000:]}")
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
     latencies = [value for out in outputs for value in out["latencies"]]
     errors = [error for out in outputs for error in out["errors"]]
     return {
