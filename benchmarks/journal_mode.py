@@ -35,7 +35,7 @@ CRASH_FAULTS = ("kill-mlflow", "freeze-mlflow", "kill-mlflow", "freeze-mlflow")
 
 WRITER = r"""
 import json, os, sys, time
-os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="60")
+os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="60", MLFLOW_DISABLE_TELEMETRY="true")
 from mlflow.tracking import MlflowClient
 client = MlflowClient()
 experiment = client.get_experiment_by_name(sys.argv[3]) or None

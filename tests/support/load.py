@@ -23,7 +23,8 @@ from pathlib import Path
 
 # A failed call must fail fast and visibly: MLflow's own retries (7, with backoff) would hide the
 # outage inside one call and make "acknowledged" mean "eventually".
-CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# Telemetry off: its client-side session bookkeeping raised KeyError in one of 16 parallel clients.
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_DISABLE_TELEMETRY": "true"}
 WRITES_PER_RUN = 30
 PAUSE_AFTER_ERROR = 0.5
 

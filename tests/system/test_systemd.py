@@ -287,7 +287,7 @@ def test_sigstop_of_supervisord_makes_the_watchdog_restart_the_service(box, timi
 @pytest.mark.parametrize("fault", ["kill -9 of supervisord", "power cut (systemctl kill -s KILL)"])
 def test_systemd_brings_everything_back_after_a_fault_above_the_agent(box, timings, fault):
     """Nothing inside the stack can recover from these: systemd must (Restart=on-failure)."""
-    box.logged_runs += inside(box, "log-runs", "2")["logged"]
+    box.logged_runs = getattr(box, "logged_runs", []) + inside(box, "log-runs", "2")["logged"]
     box.run("systemctl", "reset-failed", UNIT, check=False)  # this tier restarts often: not a start limit test
     before = show(box, "MainPID", "NRestarts")
     started = time.monotonic()
