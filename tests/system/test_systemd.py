@@ -284,30 +284,6 @@ def test_sigstop_of_supervisord_makes_the_watchdog_restart_the_service(box, timi
     assert "Failed with result 'watchdog'" in journal(box, mark)
 
 
-@pytest.mark.parametrize("fault", ["kill -9 of supervisord", "power cut (systemctl kill -s KILL)"])
-def test_systemd_brings_everything_back_after_a_fault_above_the_agent(box, timings, fault):
-    """Nothing inside the stack can recover from these: systemd must (Restart=on-failure)."""
-    box.logged_runs = getattr(box, "logged_runs", []) + inside(box, "log-runs", "2")["logged"]
-    box.run("systemctl", "reset-failed", UNIT, check=False)  # this tier restarts often: not a start limit test
-    before = show(box, "MainPID", "NRestarts")
-    started = time.monotonic()
-    if fault.startswith("kill -9"):
-        os.kill(box.host_pid(program_pid(box, "supervisord")), signal.SIGKILL)
-    else:
-        box.run("systemctl", "kill", "--signal=SIGKILL", UNIT)  # every process of the unit at once
-
-    def restarted():
-        now = show(box, "MainPID", "NRestarts", "ActiveState", "StatusText")
-        return now if now["NRestarts"] != before["NRestarts"] and now["StatusText"] == READY else None
-
-    after = wait_until(restarted, timeout=TIMEOUTS.stop + TIMEOUTS.start + 60, what=f"ready again after {fault}", interval=0.5)
-    timings.measure(f"{fault} to ready again", started)
-    assert after["ActiveState"] == "active" and after["MainPID"] != before["MainPID"]
-    assert inside(box, "route")["mlflow/health"]["status"] == 200
-    stored = set(inside(box, "list-runs")["runs"])
-    assert not set(box.logged_runs) - stored, "runs logged before the fault were lost"
-
-
 def test_restart_keeps_every_run_logged_before_it(box, timings):
     box.logged_runs += inside(box, "log-runs", "2")["logged"]
     started = time.monotonic()
