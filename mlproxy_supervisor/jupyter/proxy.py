@@ -25,9 +25,30 @@ DOWNLOAD_LIMIT = 1 << 40  # bytes; streamed, so this bounds nothing in memory
 _JUPYTER_AUTH_SCHEME = re.compile(r"^\s*(token|bearer)\s+", re.IGNORECASE)
 
 
-def same_origin(origin: str, host: str) -> bool:
-    """Whether an Origin header names the host:port the request was sent to."""
-    return bool(origin) and origin != "null" and urlsplit(origin.lower()).netloc == host.lower()
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(origin: str, host: str, scheme: str) -> bool:
+    """Whether an Origin header is exactly the origin the request was sent to: the request's own
+    scheme, its Host's name and its port (defaults filled in). An Origin is scheme://host[:port]
+    and nothing more (RFC 6454): one with a path, a query, user info or another scheme is not ours."""
+    if not origin or scheme not in DEFAULT_PORTS:
+        return False
+    try:
+        given = urlsplit(origin)
+        ours = urlsplit(f"{scheme}://{host}")
+        given_port = given.port or DEFAULT_PORTS.get(given.scheme)
+        our_port = ours.port or DEFAULT_PORTS[scheme]
+    except ValueError:  # a port that is not a number, an unbalanced [
+        return False
+    return (
+        origin.lower() == f"{given.scheme}://{given.netloc}".lower()  # no path, query or fragment
+        and "@" not in given.netloc
+        and given.scheme == scheme
+        and bool(given.hostname)
+        and given.hostname == ours.hostname
+        and given_port == our_port
+    )
 
 
 class MLflowProxyHandler(NamedLocalProxyHandler):
@@ -46,7 +67,7 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
         host = self.request.headers.get("Host", "")
         origin = self.request.headers.get("Origin")
         if origin is not None:
-            if same_origin(origin, host) or self._origin_allowed_by_jupyter(origin):
+            if same_origin(origin, host, self.request.protocol) or self._origin_allowed_by_jupyter(origin):
                 return
             self.log.warning("Refused cross-origin %s %s from %s", self.request.method, self.request.path, origin)
             raise web.HTTPError(403, f"cross-origin request from {origin} refused")
