@@ -11,18 +11,18 @@ Reaching Jupyter as myvm.example.com:8888 thus works, and a cross-origin write i
 from __future__ import annotations
 
 import re
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server_proxy.handlers import NamedLocalProxyHandler
 from tornado import httpclient, web
 
+from . import scrub
+
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # MLflow's artifact downloads: the UI's preview/download links and the artifact REST API.
 ARTIFACT_DOWNLOAD = re.compile(r"^/(get-artifact|model-versions/get-artifact|(ajax-)?api/2\.0/mlflow-artifacts/artifacts/.+)")
 DOWNLOAD_LIMIT = 1 << 40  # bytes; streamed, so this bounds nothing in memory
-_JUPYTER_AUTH_SCHEME = re.compile(r"^\s*(token|bearer)\s+", re.IGNORECASE)
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -93,17 +93,7 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
         if "Origin" in headers:
             headers["Origin"] = f"http://{loopback}"
         # Jupyter's credentials are not MLflow's: keep them out of its requests and logs.
-        if _JUPYTER_AUTH_SCHEME.match(headers.get("Authorization", "")):
-            del headers["Authorization"]
-        if "Cookie" in headers:
-            cookies = SimpleCookie()
-            cookies.load(headers["Cookie"])
-            jupyter_cookies = {self.identity_provider.get_cookie_name(self), "_xsrf"}
-            kept = [f"{name}={morsel.coded_value}" for name, morsel in cookies.items() if name not in jupyter_cookies]
-            if kept:
-                headers["Cookie"] = "; ".join(kept)
-            else:
-                del headers["Cookie"]
+        scrub.strip_headers(headers, scrub.jupyter_token(self), self.identity_provider.get_cookie_name(self))
         return headers
 
     async def _proxy_buffered(self, host, port, proxied_path, body, client):
