@@ -11,7 +11,7 @@ Reaching Jupyter as myvm.example.com:8888 thus works, and a cross-origin write i
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server_proxy.handlers import NamedLocalProxyHandler
@@ -109,8 +109,6 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
 
     def get_client_uri(self, protocol, host, port, proxied_path):
         uri = super().get_client_uri(protocol, host, port, proxied_path)
+        # Jupyter reads `token` from the decoded query, so %74oken= logs in too: strip every spelling.
         parts = urlsplit(uri)
-        if "token=" not in parts.query:
-            return uri
-        query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key != "token"]
-        return urlunsplit(parts._replace(query=urlencode(query)))
+        return urlunsplit(parts._replace(query=scrub.strip_query(parts.query, scrub.jupyter_token(self))))
