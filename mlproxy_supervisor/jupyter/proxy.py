@@ -11,7 +11,7 @@ Reaching Jupyter as myvm.example.com:8888 thus works, and a cross-origin write i
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server_proxy.handlers import NamedLocalProxyHandler
@@ -110,5 +110,9 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
     def get_client_uri(self, protocol, host, port, proxied_path):
         uri = super().get_client_uri(protocol, host, port, proxied_path)
         # Jupyter reads `token` from the decoded query, so %74oken= logs in too: strip every spelling.
-        parts = urlsplit(uri)
-        return urlunsplit(parts._replace(query=scrub.strip_query(parts.query, scrub.jupyter_token(self))))
+        raw_query = self.request.query
+        if not raw_query or not uri.endswith(f"?{raw_query}"):
+            return uri
+        path = uri[: -len(raw_query) - 1]  # jupyter-server-proxy appends the request's raw query
+        query = scrub.strip_query(raw_query, scrub.jupyter_token(self))
+        return f"{path}?{query}" if query else path
