@@ -11,7 +11,7 @@ Reaching Jupyter as myvm.example.com:8888 thus works, and a cross-origin write i
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server_proxy.handlers import NamedLocalProxyHandler
@@ -106,6 +106,20 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             finally:
                 streaming_client.close()
         return await super()._proxy_buffered(host, port, proxied_path, body, client)
+
+    def _rewrite_location_header(self, location, host, port, proxied_path):
+        """MLflow builds absolute redirects from the loopback Host it was given
+        (/static-files//x -> http://127.0.0.1:<port>/static-files/x): serve them under Jupyter's
+        route instead, so the browser follows them there and the internal address never leaks."""
+        try:
+            parts = urlsplit(location)
+            internal = parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.port == self.port
+        except ValueError:
+            internal = False
+        if internal:
+            # One leading slash: "//host/x" would be another site's address.
+            location = urlunsplit(parts._replace(scheme="", netloc="", path="/" + parts.path.lstrip("/")))
+        return super()._rewrite_location_header(location, host, port, proxied_path)
 
     def get_client_uri(self, protocol, host, port, proxied_path):
         uri = super().get_client_uri(protocol, host, port, proxied_path)
