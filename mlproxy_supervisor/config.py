@@ -11,7 +11,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .redact import redact_uri
 
 ENV_PREFIX = "MLPROXY_"
 CONFIG_PATH_ENV = "MLPROXY_CONFIG"
@@ -289,17 +291,6 @@ class Settings(BaseSettings):
 
 def _absolute(value: Any) -> Path | None:
     return Path(value).expanduser().absolute() if value else None
-
-
-def redact_uri(uri: str | None) -> str | None:
-    """Mask the password of a URI: postgresql://user:***@host/db."""
-    if not uri or "://" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def config_search_path(cwd: Path | None = None) -> list[Path]:
