@@ -346,6 +346,18 @@ def _check_environment() -> None:
         )
 
 
+def _given(problem: dict, message: str) -> str:
+    """The value a validation problem is about, as the user gave it (secrets masked, long values
+    cut), unless the message already quotes it."""
+    value = problem.get("input")
+    if isinstance(value, dict) or problem["type"] in ("missing", "extra_forbidden"):
+        return ""
+    shown = repr(redact_uri(value) if isinstance(value, str) else value)
+    if shown in message:
+        return ""
+    return f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+
+
 def load_settings(config_file: Path | None = None) -> Settings:
     """Read, merge and validate the configuration, or raise ConfigError saying how to fix it."""
     path = find_config_file(config_file)
@@ -368,7 +380,7 @@ def load_settings(config_file: Path | None = None) -> Settings:
             message = problem["msg"].removeprefix("Value error, ")
             if problem["type"] == "extra_forbidden":
                 message = "unknown key; see `mlproxy config show` for the valid keys"
-            lines.append(f"  {key}: {message}")
+            lines.append(f"  {key}: {message}{_given(problem, message)}")
         raise ConfigError("\n".join(lines)) from None
     settings._config_file = path.absolute() if path is not None else None
     return settings
