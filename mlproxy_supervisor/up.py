@@ -113,7 +113,13 @@ def _should_print_token(token_generated: bool) -> bool:
     return sys.stdout.isatty() or token_generated
 
 
+# Everything the stack creates (state directory, mlflow.db, logs, artifacts) is its user's alone:
+# supervisord and every program inherit this from up.
+STACK_UMASK = 0o077
+
+
 def run(settings: Settings) -> int:
+    os.umask(STACK_UMASK)
     problems = preflight.check_all(settings)
     if problems:
         for problem in problems:
