@@ -125,6 +125,8 @@ def run(settings: Settings) -> int:
         for problem in problems:
             print(f"mlproxy: cannot start: {problem}", file=sys.stderr)
         return 1
+    if settings.state_dir.stat().st_uid == os.geteuid():
+        settings.state_dir.chmod(0o700)  # made before this umask (by hand, an older mlproxy): close it
     provided = os.environ.get("JUPYTER_TOKEN")
     token_generated = provided is None and not settings.jupyter.token_file.exists()
     try:
