@@ -11,7 +11,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .redact import redact_uri
 
 ENV_PREFIX = "MLPROXY_"
 CONFIG_PATH_ENV = "MLPROXY_CONFIG"
@@ -155,6 +157,14 @@ class AgentSettings(_Section):
     backoff_max: Seconds = Field(60, description="Cap of the FATAL retry delay.")
     metrics_port: int = Field(9181, ge=0, le=65535, description="Prometheus metrics on loopback; 0 = off.")
 
+    @field_validator("liveness", "readiness", mode="before")
+    @classmethod
+    def _partial_probe(cls, value: Any, info) -> Any:
+        """[agent.liveness] with only period = 5 keeps the other defaults of that probe."""
+        if isinstance(value, dict):
+            return {**cls.model_fields[info.field_name].default.model_dump(), **value}
+        return value
+
 
 def _default_state_dir() -> Path:
     # systemd's StateDirectory= exports STATE_DIRECTORY; otherwise follow XDG for a user install.
@@ -203,22 +213,27 @@ class Settings(BaseSettings):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        state = Path(data.get("state_dir") or _default_state_dir()).expanduser().absolute()
+        # A value of the wrong type is left where it is, for validation to name with its key.
+        state = _absolute(data.get("state_dir"))
+        if not isinstance(state, (Path, type(None))):
+            return data
+        state = state or _default_state_dir().expanduser().absolute()
         data["state_dir"] = state
-        data["log_dir"] = _absolute(data.get("log_dir")) or _systemd_dir("LOGS_DIRECTORY") or state / "logs"
+        data["log_dir"] = _or(_absolute(data.get("log_dir")), _systemd_dir("LOGS_DIRECTORY") or state / "logs")
         # Under the state directory by default, so one state directory is one self-contained
         # instance (two instances never share a socket or a status document).
-        data["runtime_dir"] = (
-            _absolute(data.get("runtime_dir")) or _systemd_dir("RUNTIME_DIRECTORY") or state / "run"
-        )
-        mlflow = dict(data.get("mlflow") or {})
-        mlflow.setdefault("backend_store_uri", f"sqlite:///{state / 'mlflow.db'}")
-        mlflow.setdefault("artifacts_destination", str(state / "artifacts"))
-        data["mlflow"] = mlflow
-        jupyter = dict(data.get("jupyter") or {})
-        jupyter["root_dir"] = _absolute(jupyter.get("root_dir")) or state / "notebooks"
-        jupyter["token_file"] = _absolute(jupyter.get("token_file")) or state / "jupyter_token"
-        data["jupyter"] = jupyter
+        data["runtime_dir"] = _or(_absolute(data.get("runtime_dir")), _systemd_dir("RUNTIME_DIRECTORY") or state / "run")
+        mlflow, jupyter = data.get("mlflow", {}), data.get("jupyter", {})
+        if isinstance(mlflow, dict):
+            mlflow = dict(mlflow)
+            mlflow.setdefault("backend_store_uri", f"sqlite:///{state / 'mlflow.db'}")
+            mlflow.setdefault("artifacts_destination", str(state / "artifacts"))
+            data["mlflow"] = mlflow
+        if isinstance(jupyter, dict):
+            jupyter = dict(jupyter)
+            jupyter["root_dir"] = _or(_absolute(jupyter.get("root_dir")), state / "notebooks")
+            jupyter["token_file"] = _or(_absolute(jupyter.get("token_file")), state / "jupyter_token")
+            data["jupyter"] = jupyter
         return data
 
     @model_validator(mode="after")
@@ -292,19 +307,20 @@ class Settings(BaseSettings):
         return data
 
 
-def _absolute(value: Any) -> Path | None:
-    return Path(value).expanduser().absolute() if value else None
+def _absolute(value: Any) -> Any:
+    """An absolute Path for a path given as text; None for none; any other value unchanged."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, Path)):
+        return value
+    try:
+        return Path(value).expanduser().absolute()
+    except RuntimeError:  # ~name of no such user, or no home directory at all
+        raise ValueError(f"{str(value)!r} starts with ~ but names no home directory; give an absolute path") from None
 
 
-def redact_uri(uri: str | None) -> str | None:
-    """Mask the password of a URI: postgresql://user:***@host/db."""
-    if not uri or "://" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def config_search_path(cwd: Path | None = None) -> list[Path]:
@@ -360,6 +376,18 @@ def _check_environment() -> None:
         )
 
 
+def _given(problem: dict, message: str) -> str:
+    """The value a validation problem is about, as the user gave it (secrets masked, long values
+    cut), unless the message already quotes it."""
+    value = problem.get("input")
+    if problem["type"] in ("missing", "extra_forbidden"):
+        return ""
+    shown = repr(redact_uri(value) if isinstance(value, str) else value)
+    if shown in message:
+        return ""
+    return f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+
+
 def load_settings(config_file: Path | None = None) -> Settings:
     """Read, merge and validate the configuration, or raise ConfigError saying how to fix it."""
     path = find_config_file(config_file)
@@ -382,7 +410,7 @@ def load_settings(config_file: Path | None = None) -> Settings:
             message = problem["msg"].removeprefix("Value error, ")
             if problem["type"] == "extra_forbidden":
                 message = "unknown key; see `mlproxy config show` for the valid keys"
-            lines.append(f"  {key}: {message}")
+            lines.append(f"  {key}: {message}{_given(problem, message)}")
         raise ConfigError("\n".join(lines)) from None
     settings._config_file = path.absolute() if path is not None else None
     return settings

@@ -119,6 +119,10 @@ def jupyter_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     argv = [sys.executable, "-m", "notebook"]
     argv += [f"--ServerApp.{key}={json.dumps(value) if isinstance(value, bool) else value}" for key, value in server_app.items()]
     argv += [f"--ServerApp.jpserver_extensions={name}=True" for name in ("jupyter_server_proxy", "mlproxy_supervisor.jupyter")]
+    # Jupyter's request log masks query keys containing "token", but it logs in with any
+    # percent-encoding of the key (%74oken=): mask every key holding a %, and the token pasted
+    # under the usual other spellings of the key.
+    argv += [f"--ServerApp.extra_log_scrub_param_keys={key}" for key in ("%", "TOKEN", "Token")]
     if os.geteuid() == 0:
         argv.append("--ServerApp.allow_root=True")  # `mlproxy up` warned; systemd and images use a user
     env = {

@@ -113,12 +113,20 @@ def _should_print_token(token_generated: bool) -> bool:
     return sys.stdout.isatty() or token_generated
 
 
+# Everything the stack creates (state directory, mlflow.db, logs, artifacts) is its user's alone:
+# supervisord and every program inherit this from up.
+STACK_UMASK = 0o077
+
+
 def run(settings: Settings) -> int:
+    os.umask(STACK_UMASK)
     problems = preflight.check_all(settings)
     if problems:
         for problem in problems:
             print(f"mlproxy: cannot start: {problem}", file=sys.stderr)
         return 1
+    if settings.state_dir.stat().st_uid == os.geteuid():
+        settings.state_dir.chmod(0o700)  # made before this umask (by hand, an older mlproxy): close it
     provided = os.environ.get("JUPYTER_TOKEN")
     token_generated = provided is None and not settings.jupyter.token_file.exists()
     try:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from jupyter_server.utils import url_path_join
 from jupyter_server_proxy.handlers import AddSlashHandler
+from tornado import web
 from tornado.routing import HostMatches, Rule
 
 from ..config import ConfigError, load_settings
 from .proxy import MLflowProxyHandler
+from .routes import MLflowPortMatches
 
 ICON = Path(__file__).with_name("mlflow.svg")
 ROUTE_NAME = "mlflow"
@@ -40,11 +42,13 @@ def mlflow_server_process() -> dict:
 
 
 def mlflow_routes(base_url: str, port: int) -> list[tuple]:
-    loopback_port = rf"(?:(?:localhost|127\.0\.0\.1):)?{port}"
+    # Every spelling of /proxy/<host>:<port>/ that jupyter-server-proxy would send to MLflow's
+    # port (leading zeros, percent-encoding) is ours: served with the origin check, or refused.
     return [
         (url_path_join(base_url, ROUTE_NAME, "(.*)"), MLflowProxyHandler, {"port": port, "proxy_base": ROUTE_NAME}),
         (url_path_join(base_url, ROUTE_NAME), AddSlashHandler),
-        (url_path_join(base_url, rf"proxy/{loopback_port}(/.*|)"), MLflowProxyHandler, {"port": port}),
+        (MLflowPortMatches(base_url, port, "serve"), MLflowProxyHandler, {"port": port}),
+        (MLflowPortMatches(base_url, port, "refuse"), web.ErrorHandler, {"status_code": 403}),
     ]
 
 

@@ -11,23 +11,44 @@ Reaching Jupyter as myvm.example.com:8888 thus works, and a cross-origin write i
 from __future__ import annotations
 
 import re
-from http.cookies import SimpleCookie
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server_proxy.handlers import NamedLocalProxyHandler
 from tornado import httpclient, web
 
+from . import scrub
+
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # MLflow's artifact downloads: the UI's preview/download links and the artifact REST API.
 ARTIFACT_DOWNLOAD = re.compile(r"^/(get-artifact|model-versions/get-artifact|(ajax-)?api/2\.0/mlflow-artifacts/artifacts/.+)")
 DOWNLOAD_LIMIT = 1 << 40  # bytes; streamed, so this bounds nothing in memory
-_JUPYTER_AUTH_SCHEME = re.compile(r"^\s*(token|bearer)\s+", re.IGNORECASE)
 
 
-def same_origin(origin: str, host: str) -> bool:
-    """Whether an Origin header names the host:port the request was sent to."""
-    return bool(origin) and origin != "null" and urlsplit(origin.lower()).netloc == host.lower()
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(origin: str, host: str, scheme: str) -> bool:
+    """Whether an Origin header is exactly the origin the request was sent to: the request's own
+    scheme, its Host's name and its port (defaults filled in). An Origin is scheme://host[:port]
+    and nothing more (RFC 6454): one with a path, a query, user info or another scheme is not ours."""
+    if not origin or scheme not in DEFAULT_PORTS:
+        return False
+    try:
+        given = urlsplit(origin)
+        ours = urlsplit(f"{scheme}://{host}")
+        given_port = given.port or DEFAULT_PORTS.get(given.scheme)
+        our_port = ours.port or DEFAULT_PORTS[scheme]
+    except ValueError:  # a port that is not a number, an unbalanced [
+        return False
+    return (
+        origin.lower() == f"{given.scheme}://{given.netloc}".lower()  # no path, query or fragment
+        and "@" not in given.netloc
+        and given.scheme == scheme
+        and bool(given.hostname)
+        and given.hostname == ours.hostname
+        and given_port == our_port
+    )
 
 
 class MLflowProxyHandler(NamedLocalProxyHandler):
@@ -46,7 +67,7 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
         host = self.request.headers.get("Host", "")
         origin = self.request.headers.get("Origin")
         if origin is not None:
-            if same_origin(origin, host) or self._origin_allowed_by_jupyter(origin):
+            if same_origin(origin, host, self.request.protocol) or self._origin_allowed_by_jupyter(origin):
                 return
             self.log.warning("Refused cross-origin %s %s from %s", self.request.method, self.request.path, origin)
             raise web.HTTPError(403, f"cross-origin request from {origin} refused")
@@ -72,17 +93,7 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
         if "Origin" in headers:
             headers["Origin"] = f"http://{loopback}"
         # Jupyter's credentials are not MLflow's: keep them out of its requests and logs.
-        if _JUPYTER_AUTH_SCHEME.match(headers.get("Authorization", "")):
-            del headers["Authorization"]
-        if "Cookie" in headers:
-            cookies = SimpleCookie()
-            cookies.load(headers["Cookie"])
-            jupyter_cookies = {self.identity_provider.get_cookie_name(self), "_xsrf"}
-            kept = [f"{name}={morsel.coded_value}" for name, morsel in cookies.items() if name not in jupyter_cookies]
-            if kept:
-                headers["Cookie"] = "; ".join(kept)
-            else:
-                del headers["Cookie"]
+        scrub.strip_headers(headers, scrub.jupyter_token(self), self.identity_provider.get_cookie_name(self))
         return headers
 
     async def _proxy_buffered(self, host, port, proxied_path, body, client):
@@ -96,10 +107,26 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
                 streaming_client.close()
         return await super()._proxy_buffered(host, port, proxied_path, body, client)
 
+    def _rewrite_location_header(self, location, host, port, proxied_path):
+        """MLflow builds absolute redirects from the loopback Host it was given
+        (/static-files//x -> http://127.0.0.1:<port>/static-files/x): serve them under Jupyter's
+        route instead, so the browser follows them there and the internal address never leaks."""
+        try:
+            parts = urlsplit(location)
+            internal = parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.port == self.port
+        except ValueError:
+            internal = False
+        if internal:
+            # One leading slash: "//host/x" would be another site's address.
+            location = urlunsplit(parts._replace(scheme="", netloc="", path="/" + parts.path.lstrip("/")))
+        return super()._rewrite_location_header(location, host, port, proxied_path)
+
     def get_client_uri(self, protocol, host, port, proxied_path):
         uri = super().get_client_uri(protocol, host, port, proxied_path)
-        parts = urlsplit(uri)
-        if "token=" not in parts.query:
+        # Jupyter reads `token` from the decoded query, so %74oken= logs in too: strip every spelling.
+        raw_query = self.request.query
+        if not raw_query or not uri.endswith(f"?{raw_query}"):
             return uri
-        query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True) if key != "token"]
-        return urlunsplit(parts._replace(query=urlencode(query)))
+        path = uri[: -len(raw_query) - 1]  # jupyter-server-proxy appends the request's raw query
+        query = scrub.strip_query(raw_query, scrub.jupyter_token(self))
+        return f"{path}?{query}" if query else path
