@@ -26,6 +26,12 @@ def _mlflow_port() -> int:
     return load_settings().mlflow.port
 
 
+def _proxy_options() -> dict:
+    """The MLflow handler's limits (streaming: see proxy.py)."""
+    jupyter = load_settings().jupyter
+    return {"max_upload_size": jupyter.max_upload_size, "mlflow_timeout": jupyter.mlflow_timeout}
+
+
 def mlflow_server_process() -> dict:
     """jupyter-server-proxy server entry: proxy only (no command), prefix stripped."""
     return {
@@ -39,12 +45,13 @@ def mlflow_server_process() -> dict:
     }
 
 
-def mlflow_routes(base_url: str, port: int) -> list[tuple]:
+def mlflow_routes(base_url: str, port: int, options: dict | None = None) -> list[tuple]:
     loopback_port = rf"(?:(?:localhost|127\.0\.0\.1):)?{port}"
+    options = options or {}
     return [
-        (url_path_join(base_url, ROUTE_NAME, "(.*)"), MLflowProxyHandler, {"port": port, "proxy_base": ROUTE_NAME}),
+        (url_path_join(base_url, ROUTE_NAME, "(.*)"), MLflowProxyHandler, {"port": port, "proxy_base": ROUTE_NAME, **options}),
         (url_path_join(base_url, ROUTE_NAME), AddSlashHandler),
-        (url_path_join(base_url, rf"proxy/{loopback_port}(/.*|)"), MLflowProxyHandler, {"port": port}),
+        (url_path_join(base_url, rf"proxy/{loopback_port}(/.*|)"), MLflowProxyHandler, {"port": port, **options}),
     ]
 
 
@@ -54,12 +61,12 @@ def _jupyter_server_extension_points():
 
 def _load_jupyter_server_extension(serverapp) -> None:
     try:
-        port = _mlflow_port()
+        port, options = _mlflow_port(), _proxy_options()
     except ConfigError as error:
         serverapp.log.error("mlproxy: MLflow routes not registered: %s", error)
         return
     web_app = serverapp.web_app
-    routes = mlflow_routes(web_app.settings["base_url"], port)
+    routes = mlflow_routes(web_app.settings["base_url"], port, options)
     # Tornado tries host rules in order and jupyter-server-proxy adds its generic
     # /proxy/<port>/ handler (and the entry point's /mlflow/) as its own rule. Putting this
     # rule first makes the origin-checking handler win, whatever the extension load order.
