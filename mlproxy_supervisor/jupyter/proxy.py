@@ -51,6 +51,7 @@ from .relay import MLflowFailed, MLflowTimeout, MLflowUnreachable, Relay
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_MAX_UPLOAD_SIZE = 1 << 40  # bytes; streamed, so this bounds disk use, not memory
 DEFAULT_MLFLOW_TIMEOUT = 300.0  # seconds; jupyter-server-proxy's request_timeout
+SMALL_BODY = 1 << 20  # bytes; a refused request with a body up to this size is read before the answer
 RETRY_AFTER = 5  # seconds, for clients while MLflow is not answering
 # Our errors, as MLflow's REST API spells them (its clients read error_code; they retry 503).
 ERROR_CODES = {413: "RESOURCE_EXHAUSTED", 502: "TEMPORARILY_UNAVAILABLE", 503: "TEMPORARILY_UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
@@ -84,12 +85,20 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
         self._relay: Relay | None = None
         self._relayed: asyncio.Task | None = None  # jupyter-server-proxy's proxy(), driving the relay
         self._received = 0  # request body bytes so far
+        self._refusal: web.HTTPError | None = None  # given once the (small) body is in
 
     async def prepare(self, *args, **kwargs) -> None:
-        await super().prepare(*args, **kwargs)  # authenticates; redirects or 403s if not
-        if not self._finished:
-            self._refuse_foreign_origin()
-            await self._start_relay()
+        try:
+            await super().prepare(*args, **kwargs)  # authenticates; redirects or 403s if not
+            if not self._finished:
+                self._refuse_foreign_origin()
+                await self._start_relay()
+        except web.HTTPError as refusal:
+            if not 0 < int(self.request.headers.get("Content-Length") or 0) <= SMALL_BODY:
+                raise  # answered now; tornado hangs up without reading the body
+            # Hanging up on unread bytes makes the kernel reset the connection, and the client may
+            # never see the answer: a small body is read (and dropped) first, then refused.
+            self._refusal = refusal
 
     def _refuse_foreign_origin(self) -> None:
         host = self.request.headers.get("Host", "")
@@ -155,7 +164,7 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             self._relayed.result()  # MLflow unreachable, host not allowed, ...: raises its HTTPError
 
     async def data_received(self, chunk: bytes) -> None:
-        if self._finished:
+        if self._finished or self._refusal is not None:
             return
         self._received += len(chunk)
         if self._received > self.max_upload_size:
@@ -164,10 +173,13 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             return
         await self._relay.send(chunk)
         if self._relay.closed and not self._finished:  # MLflow stalled or failed mid-upload: say so now
-            self._relay_failed(self._relay.failure())
+            error = self._http_error(self._relay.failure())
+            self.send_error(error.status_code, message=error.log_message)
 
     async def proxy(self, port, path):
         """Every HTTP method lands here once the request body is in (tornado calls the method then)."""
+        if self._refusal is not None:
+            raise self._refusal
         self._relay.end_body()
         await self._relayed
 
@@ -182,24 +194,22 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             await relay.open(getattr(client, "tcp_client", None) or TCPClient(), request)
             await relay.respond()
         except (MLflowUnreachable, MLflowTimeout, MLflowFailed) as error:
-            self._relay_failed(error)
+            if not self._headers_written:
+                raise self._http_error(error) from None
+            # Mid-response: all we can do is cut the connection (the client sees a short body).
+            self.log.warning("MLflow response to %s %s cut short: %s", self.request.method, self.request.path, error)
+            self.request.connection.close()
+            self._finished = True
         finally:
             client.close()
             self._record_activity()
 
     _proxy_progressive = _proxy_buffered  # text/event-stream: streamed like everything else
 
-    def _relay_failed(self, error: Exception) -> None:
-        if self._finished:
-            return
-        if self._headers_written:  # mid-response: all we can do is cut the connection
-            self.log.warning("MLflow response to %s %s cut short: %s", self.request.method, self.request.path, error)
-            self.request.connection.close()
-            self._finished = True
-            return
+    def _http_error(self, error: Exception) -> web.HTTPError:
         status = 503 if isinstance(error, MLflowUnreachable) else 504 if isinstance(error, MLflowTimeout) else 502
         self.log.warning("MLflow did not answer %s %s: %s", self.request.method, self.request.path, error)
-        self.send_error(status, message=f"MLflow did not answer: {error}")
+        return web.HTTPError(status, f"MLflow did not answer: {error}")
 
     def _too_large(self, size: int, declared: bool = True) -> str:
         what = f"a {size}-byte body" if declared else f"a body of more than {size - 1} bytes"
