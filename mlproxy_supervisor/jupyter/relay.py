@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 
-CHUNK = 256 * 1024  # bytes per read from MLflow; the client side reads Jupyter's own chunk size
+CHUNK = 1024 * 1024  # bytes per read from MLflow; the client side reads Jupyter's own chunk size
 FLUSH_AFTER = 64 * 1024  # smaller responses go out in one write, with tornado's Etag as before
 # Response headers that describe this hop, not the payload (tornado sets its own).
 HOP_HEADERS = frozenset({"Connection", "Keep-Alive", "Transfer-Encoding", "Proxy-Connection", "Trailer", "Upgrade"})
