@@ -121,6 +121,10 @@ class JupyterSettings(_Section):
     # With token auth always on, a foreign Host header cannot log in, so accepting any Host
     # (an SSH tunnel, a reverse proxy, the VM's DNS name) costs no protection.
     allow_remote_access: bool = Field(True, description="Accept any Host header (auth still applies).")
+    max_upload_size: int = Field(
+        1 << 40, ge=1, description="Largest request body (artifact upload) the MLflow routes accept, in bytes; streamed, so memory does not grow with it."
+    )
+    mlflow_timeout: Seconds = Field(300, description="Seconds MLflow may stay silent during a proxied request before the client gets 504.")
 
     @field_validator("ip")
     @classmethod

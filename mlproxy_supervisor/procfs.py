@@ -73,6 +73,21 @@ def listening_pids(port: int) -> list[int]:
     return [pid for pid in pids() if inodes & _open_files(pid)]
 
 
+def connections_to(pid: int, port: int) -> int:
+    """How many established TCP connections process pid holds to a local port (as a client)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+                inodes.add(f"socket:[{fields[9]}]")
+    return len(inodes & _open_files(pid))
+
+
 def _open_files(pid: int) -> set[str]:
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
@@ -85,6 +100,17 @@ def _open_files(pid: int) -> set[str]:
         except OSError:
             pass  # closed meanwhile (listdir's own descriptor, when pid is us)
     return links
+
+
+def peak_rss(pid: int) -> int | None:
+    """VmHWM: the most memory the process has ever had resident, in bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def command_line(pid: int) -> str | None:

@@ -28,6 +28,12 @@ def _mlflow_port() -> int:
     return load_settings().mlflow.port
 
 
+def _proxy_options() -> dict:
+    """The MLflow handler's limits (streaming: see proxy.py)."""
+    jupyter = load_settings().jupyter
+    return {"max_upload_size": jupyter.max_upload_size, "mlflow_timeout": jupyter.mlflow_timeout}
+
+
 def mlflow_server_process() -> dict:
     """jupyter-server-proxy server entry: proxy only (no command), prefix stripped."""
     return {
@@ -41,13 +47,14 @@ def mlflow_server_process() -> dict:
     }
 
 
-def mlflow_routes(base_url: str, port: int) -> list[tuple]:
+def mlflow_routes(base_url: str, port: int, options: dict | None = None) -> list[tuple]:
     # Every spelling of /proxy/<host>:<port>/ that jupyter-server-proxy would send to MLflow's
     # port (leading zeros, percent-encoding) is ours: served with the origin check, or refused.
+    options = options or {}
     return [
-        (url_path_join(base_url, ROUTE_NAME, "(.*)"), MLflowProxyHandler, {"port": port, "proxy_base": ROUTE_NAME}),
+        (url_path_join(base_url, ROUTE_NAME, "(.*)"), MLflowProxyHandler, {"port": port, "proxy_base": ROUTE_NAME, **options}),
         (url_path_join(base_url, ROUTE_NAME), AddSlashHandler),
-        (MLflowPortMatches(base_url, port, "serve"), MLflowProxyHandler, {"port": port}),
+        (MLflowPortMatches(base_url, port, "serve"), MLflowProxyHandler, {"port": port, **options}),
         (MLflowPortMatches(base_url, port, "refuse"), web.ErrorHandler, {"status_code": 403}),
     ]
 
@@ -58,12 +65,12 @@ def _jupyter_server_extension_points():
 
 def _load_jupyter_server_extension(serverapp) -> None:
     try:
-        port = _mlflow_port()
+        port, options = _mlflow_port(), _proxy_options()
     except ConfigError as error:
         serverapp.log.error("mlproxy: MLflow routes not registered: %s", error)
         return
     web_app = serverapp.web_app
-    routes = mlflow_routes(web_app.settings["base_url"], port)
+    routes = mlflow_routes(web_app.settings["base_url"], port, options)
     # Tornado tries host rules in order and jupyter-server-proxy adds its generic
     # /proxy/<port>/ handler (and the entry point's /mlflow/) as its own rule. Putting this
     # rule first makes the origin-checking handler win, whatever the extension load order.

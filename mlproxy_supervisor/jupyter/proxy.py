@@ -1,28 +1,68 @@
-"""The handler that serves MLflow under Jupyter: jupyter-server-proxy's, plus an origin check.
+"""The handler that serves MLflow under Jupyter: jupyter-server-proxy's, streaming, with an origin check.
 
-jupyter-server-proxy skips Jupyter's XSRF check for proxied requests ("defer to the proxied app"),
-and MLflow trusts every localhost Origin on any port. A page on another port of the same host is
-the same *site*, so the browser attaches the Jupyter login cookie to its requests. This handler
-therefore refuses any request whose Origin is not Jupyter's own, and only then presents the
-request to MLflow as a loopback one (Host and Origin), which MLflow's Host and CORS checks accept.
-Reaching Jupyter as myvm.example.com:8888 thus works, and a cross-origin write is still refused.
+Origin. jupyter-server-proxy skips Jupyter's XSRF check for proxied requests ("defer to the
+proxied app"), and MLflow trusts every localhost Origin on any port. A page on another port of the
+same host is the same *site*, so the browser attaches the Jupyter login cookie to its requests.
+This handler therefore refuses any request whose Origin is not Jupyter's own, and only then
+presents the request to MLflow as a loopback one (Host and Origin), which MLflow's Host and CORS
+checks accept. Reaching Jupyter as myvm.example.com:8888 thus works, and a cross-origin write is
+still refused.
+
+Streaming. jupyter-server-proxy reads a whole request body before the handler runs (Jupyter
+refuses bodies over its 512 MB max_body_size with a bare 400) and its HTTP client buffers whole
+responses (and gives up over 100 MB). Artifacts are models of several GB, so this handler is a
+`stream_request_body` handler and relays every request, small or large, the same way:
+
+1. prepare(), after the request's headers and BEFORE any body byte is read: Jupyter's
+   authentication, the origin check, the size limit (413 naming `jupyter.max_upload_size`), then
+   jupyter-server-proxy's own proxy() (host allowlist, hop-by-hop headers, the request's URI and
+   headers from get_client_uri() and proxy_request_headers()) starts, in a task, a `Relay`
+   (relay.py) that connects to MLflow and sends the headers. An unauthenticated or refused upload
+   is answered without reading its body; tornado then closes the connection.
+2. data_received(), per body chunk: forwarded to MLflow; tornado reads the next chunk only once
+   this one is written to MLflow's socket (back-pressure upstream).
+3. The HTTP method (post, put, ...), once the body is in, lands in proxy(): the relay finishes
+   the request and streams MLflow's response to the client, each chunk flushed to the client
+   before the next is read from MLflow (back-pressure downstream).
+
+A client that disconnects aborts the relay, which closes the connection to MLflow (MLflow then
+discards a partial upload). MLflow refusing connections (stopped, restarting, not ready) gives a
+503 with Retry-After (and, for a browser, a page that reloads itself); MLflow silent for
+`jupyter.mlflow_timeout` seconds while we wait on it gives a 504.
 """
 
 from __future__ import annotations
 
+import asyncio
+import html
+import json
 import re
+import sys
 from urllib.parse import urlsplit, urlunsplit
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server_proxy.handlers import NamedLocalProxyHandler
-from tornado import httpclient, web
+from tornado import httputil, web
+from tornado.tcpclient import TCPClient
 
 from . import scrub
+from .relay import MLflowFailed, MLflowTimeout, MLflowUnreachable, Relay
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# MLflow's artifact downloads: the UI's preview/download links and the artifact REST API.
-ARTIFACT_DOWNLOAD = re.compile(r"^/(get-artifact|model-versions/get-artifact|(ajax-)?api/2\.0/mlflow-artifacts/artifacts/.+)")
-DOWNLOAD_LIMIT = 1 << 40  # bytes; streamed, so this bounds nothing in memory
+DEFAULT_MAX_UPLOAD_SIZE = 1 << 40  # bytes; streamed, so this bounds disk use, not memory
+DEFAULT_MLFLOW_TIMEOUT = 300.0  # seconds; jupyter-server-proxy's request_timeout
+SMALL_BODY = 1 << 20  # bytes; a refused request with a body up to this size is read before the answer
+RETRY_AFTER = 5  # seconds, for clients while MLflow is not answering
+# Our errors, as MLflow's REST API spells them (its clients read error_code; they retry 503).
+ERROR_CODES = {413: "RESOURCE_EXHAUSTED", 502: "TEMPORARILY_UNAVAILABLE", 503: "TEMPORARILY_UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+UNAVAILABLE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{retry}"><title>MLflow is starting</title></head>
+<body style="font-family: sans-serif; margin: 3em">
+<h1>MLflow is not answering yet</h1>
+<p>{message}</p>
+<p>It is starting or restarting (<code>mlproxy status</code> tells which). This page reloads itself every {retry} seconds.</p>
+</body></html>
+"""
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -51,17 +91,34 @@ def same_origin(origin: str, host: str, scheme: str) -> bool:
     )
 
 
+@web.stream_request_body
 class MLflowProxyHandler(NamedLocalProxyHandler):
     """Proxy to MLflow on loopback, for the /mlflow/ and /proxy/<port>/ routes."""
 
-    def initialize(self, port: int, proxy_base: str = "") -> None:
+    def initialize(
+        self, port: int, proxy_base: str = "", max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE, mlflow_timeout: float = DEFAULT_MLFLOW_TIMEOUT
+    ) -> None:
         self.port = port
         self.proxy_base = proxy_base  # "" -> redirects are rewritten under /proxy/<port>/
+        self.max_upload_size = max_upload_size
+        self.mlflow_timeout = mlflow_timeout
+        self._relay: Relay | None = None
+        self._relayed: asyncio.Task | None = None  # jupyter-server-proxy's proxy(), driving the relay
+        self._received = 0  # request body bytes so far
+        self._refusal: web.HTTPError | None = None  # given once the (small) body is in
 
     async def prepare(self, *args, **kwargs) -> None:
-        await super().prepare(*args, **kwargs)  # authenticates; redirects or 403s if not
-        if not self._finished:
-            self._refuse_foreign_origin()
+        try:
+            await super().prepare(*args, **kwargs)  # authenticates; redirects or 403s if not
+            if not self._finished:
+                self._refuse_foreign_origin()
+                await self._start_relay()
+        except web.HTTPError as refusal:
+            if not 0 < int(self.request.headers.get("Content-Length") or 0) <= SMALL_BODY:
+                raise  # answered now; tornado hangs up without reading the body
+            # Hanging up on unread bytes makes the kernel reset the connection, and the client may
+            # never see the answer: a small body is read (and dropped) first, then refused.
+            self._refusal = refusal
 
     def _refuse_foreign_origin(self) -> None:
         host = self.request.headers.get("Host", "")
@@ -96,16 +153,110 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
         scrub.strip_headers(headers, scrub.jupyter_token(self), self.identity_provider.get_cookie_name(self))
         return headers
 
+    # --- streaming (see the module's docstring) ----------------------------------------------
+    async def _start_relay(self) -> None:
+        if self.request.headers.get("Upgrade", "").lower() == "websocket":
+            return  # jupyter-server-proxy's websocket proxying, unchanged
+        declared = int(self.request.headers.get("Content-Length") or 0)
+        if declared > self.max_upload_size:
+            raise web.HTTPError(413, self._too_large(declared))
+        # Jupyter's max_body_size (512 MB) would refuse bigger bodies with a bare 400; ours is
+        # counted in data_received(), for chunked bodies too.
+        self.request.connection.set_max_body_size(sys.maxsize)
+        self._relay = Relay(self, self.mlflow_timeout, flush=lambda: web.RequestHandler.flush(self))
+        # jupyter-server-proxy edits the request's headers in place (hop-by-hop ones), and tornado
+        # still needs the originals (Transfer-Encoding) to read the body: give it a copy.
+        self.request.headers = httputil.HTTPHeaders(self.request.headers)
+        self._relayed = asyncio.ensure_future(super().proxy(self.port, self.path_args[0]))
+        self._relayed.add_done_callback(lambda task: task.cancelled() or task.exception())  # reported where awaited
+        await asyncio.wait([self._relay.opened, self._relayed], return_when=asyncio.FIRST_COMPLETED)
+        if self._relayed.done():
+            self._relayed.result()  # MLflow unreachable, host not allowed, ...: raises its HTTPError
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._finished or self._refusal is not None:
+            return
+        self._received += len(chunk)
+        if self._received > self.max_upload_size:
+            self._relay.abort()
+            self.send_error(413, message=self._too_large(self._received, declared=False))
+            return
+        await self._relay.send(chunk)
+        if self._relay.closed and not self._finished:  # MLflow stalled or failed mid-upload: say so now
+            error = self._http_error(self._relay.failure())
+            self.send_error(error.status_code, message=error.log_message)
+
+    async def proxy(self, port, path):
+        """Every HTTP method lands here once the request body is in (tornado calls the method then)."""
+        if self._refusal is not None:
+            raise self._refusal
+        self._relay.end_body()
+        await self._relayed
+
     async def _proxy_buffered(self, host, port, proxied_path, body, client):
-        """Artifact downloads are streamed chunk by chunk, not buffered: jupyter-server-proxy holds
-        whole responses in memory and its client gives up over 100 MB (its issue #281)."""
-        if self.request.method == "GET" and ARTIFACT_DOWNLOAD.match(proxied_path):
-            streaming_client = httpclient.AsyncHTTPClient(force_instance=True, max_body_size=DOWNLOAD_LIMIT)
-            try:
-                return await self._proxy_progressive(host, port, proxied_path, body, streaming_client)
-            finally:
-                streaming_client.close()
-        return await super()._proxy_buffered(host, port, proxied_path, body, client)
+        """jupyter-server-proxy's proxy() ends here (and in _proxy_progressive): relay, not buffer."""
+        request = self._build_proxy_request(host, port, proxied_path, body)
+        relay = self._relay
+        if not self.absolute_url:
+            relay.rewrite_location = lambda location: self._rewrite_location_header(location, host, port, proxied_path)
+        try:
+            # The client jupyter-server-proxy made knows how to reach MLflow (TCP or its unix socket).
+            await relay.open(getattr(client, "tcp_client", None) or TCPClient(), request)
+            await relay.respond()
+        except (MLflowUnreachable, MLflowTimeout, MLflowFailed) as error:
+            if not self._headers_written:
+                raise self._http_error(error) from None
+            # Mid-response: all we can do is cut the connection (the client sees a short body).
+            self.log.warning("MLflow response to %s %s cut short: %s", self.request.method, self.request.path, error)
+            self.request.connection.close()
+            self._finished = True
+        finally:
+            client.close()
+            self._record_activity()
+
+    _proxy_progressive = _proxy_buffered  # text/event-stream: streamed like everything else
+
+    def _http_error(self, error: Exception) -> web.HTTPError:
+        status = 503 if isinstance(error, MLflowUnreachable) else 504 if isinstance(error, MLflowTimeout) else 502
+        self.log.warning("MLflow did not answer %s %s: %s", self.request.method, self.request.path, error)
+        return web.HTTPError(status, f"MLflow did not answer: {error}")
+
+    def _too_large(self, size: int, declared: bool = True) -> str:
+        what = f"a {size}-byte body" if declared else f"a body of more than {size - 1} bytes"
+        return (
+            f"{what} exceeds jupyter.max_upload_size = {self.max_upload_size} bytes; raise it in mlproxy.toml "
+            "([jupyter] max_upload_size) or with MLPROXY_JUPYTER__MAX_UPLOAD_SIZE"
+        )
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()  # the websocket side's cleanup
+        # tornado's WebSocketHandler does not chain this, so the streamed body's future would wait
+        # forever: fail it as tornado's RequestHandler does, and drop MLflow's connection.
+        web.RequestHandler.on_connection_close(self)
+        if self._relay is not None:
+            self._relay.abort()
+
+    def on_finish(self) -> None:
+        if self._relay is not None and not self._relay.complete:
+            self._relay.abort()  # refused mid-upload: MLflow must not keep a half request
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        """Our own errors, as an API client or a browser wants them; the rest as Jupyter renders them."""
+        if status_code not in ERROR_CODES:
+            return super().write_error(status_code, **kwargs)
+        message = kwargs.get("message")
+        if message is None and "exc_info" in kwargs:
+            error = kwargs["exc_info"][1]
+            message = getattr(error, "log_message", None) or str(error)
+        if status_code in (502, 503, 504):
+            self.set_header("Retry-After", str(RETRY_AFTER))
+        if self.request.method == "GET" and "text/html" in self.request.headers.get("Accept", "") and status_code != 413:
+            self.set_header("Content-Type", "text/html; charset=UTF-8")
+            self.set_header("Cache-Control", "no-store")
+            self.finish(UNAVAILABLE_PAGE.format(retry=RETRY_AFTER, message=html.escape(message or "")))
+        else:
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"error_code": ERROR_CODES[status_code], "message": message}))
 
     def _rewrite_location_header(self, location, host, port, proxied_path):
         """MLflow builds absolute redirects from the loopback Host it was given

@@ -1,0 +1,206 @@
+"""One proxied request to MLflow over HTTP/1.1, streamed both ways through a bounded buffer.
+
+The relay speaks HTTP to MLflow with tornado's own HTTP/1.1 connection class, not its HTTP client:
+the client buffers whole responses unless given a streaming callback, ignores that callback's
+return value (so a slow browser would make Jupyter buffer a whole download), and only knows a
+total request timeout (a 3 GB upload would hit it). Here every chunk is awaited:
+
+- upload: the handler's data_received() returns `send(chunk)`, the future of the write to MLflow's
+  socket; tornado reads the next chunk from the client only once it is done;
+- download: `data_received()` below writes the chunk to the client and returns the flush's future;
+  tornado reads the next chunk from MLflow only once it is done.
+
+So Jupyter holds about one chunk per direction, whatever the size. Time spent waiting for MLflow
+(and only for MLflow: a slow client is back-pressure, not a fault) is bounded by `timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from urllib.parse import urlsplit
+
+from tornado import httputil, iostream
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
+
+CHUNK = 1024 * 1024  # bytes per read from MLflow; the client side reads Jupyter's own chunk size
+FLUSH_AFTER = 64 * 1024  # smaller responses go out in one write, with tornado's Etag as before
+# Response headers that describe this hop, not the payload (tornado sets its own).
+HOP_HEADERS = frozenset({"Connection", "Keep-Alive", "Transfer-Encoding", "Proxy-Connection", "Trailer", "Upgrade"})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class MLflowUnreachable(Exception):
+    """MLflow refused the connection: stopped, restarting, or not listening yet."""
+
+
+class MLflowTimeout(Exception):
+    """MLflow stayed silent for longer than the timeout."""
+
+
+class MLflowFailed(Exception):
+    """MLflow closed the connection before the response was complete."""
+
+
+class Relay(httputil.HTTPMessageDelegate):
+    """Relays one request: `open()`, then `send()` per body chunk, then `respond()`.
+
+    `handler` is the tornado RequestHandler the client talks to; `flush()` its flush that returns
+    a future; `rewrite_location(value)` maps a redirect's Location into the route's prefix.
+    """
+
+    def __init__(self, handler, timeout: float, flush, rewrite_location=lambda location: location):
+        self.handler = handler
+        self.timeout = timeout
+        self.rewrite_location = rewrite_location
+        self.flush = flush  # the handler's real flush, which returns its future
+        self.connection: HTTP1Connection | None = None
+        self.opened: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.body_done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.response_started = False
+        self.timed_out = False
+        self.closed = False
+        self.complete = False  # MLflow's whole response was relayed
+        self._waiting_since: float | None = None  # when we began waiting on MLflow, if we are
+        self._unflushed = 0
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    # --- the request --------------------------------------------------------------------
+    async def open(self, tcp_client, request) -> None:
+        """Connect to MLflow and send the request's headers (its body follows with send())."""
+        url = urlsplit(request.url)
+        self._wait_on_mlflow()
+        self._arm_watchdog()
+        try:
+            stream = await tcp_client.connect(url.hostname, url.port, timeout=self.timeout)
+        except iostream.StreamClosedError as error:
+            raise MLflowUnreachable(str(error.real_error or error)) from None
+        except TimeoutError:
+            raise MLflowTimeout(f"no connection within {self.timeout:g} s") from None
+        except OSError as error:
+            raise MLflowUnreachable(str(error)) from None
+        stream.set_nodelay(True)
+        if self.closed:  # the client left while we connected
+            stream.close()
+            raise MLflowFailed("client disconnected")
+        self.connection = HTTP1Connection(
+            stream, is_client=True, params=HTTP1ConnectionParameters(no_keep_alive=True, chunk_size=CHUNK, max_body_size=sys.maxsize)
+        )
+        headers = httputil.HTTPHeaders(request.headers)
+        headers.pop("Expect", None)  # Jupyter answered 100-continue itself, after authenticating
+        headers["Connection"] = "close"
+        target = url.path + (f"?{url.query}" if url.query else "")
+        await self._mlflow(self.connection.write_headers(httputil.RequestStartLine(request.method, target, "HTTP/1.1"), headers))
+        self._idle()
+        if not self.opened.done():
+            self.opened.set_result(None)
+
+    async def send(self, chunk: bytes) -> None:
+        """One chunk of the request body, forwarded before the next is read from the client."""
+        if self.connection is None or self.closed:
+            return  # refused or aborted: the rest of the body goes nowhere
+        try:
+            await self._mlflow(self.connection.write(chunk))
+        except iostream.StreamClosedError:
+            self.abort()
+        self._idle()
+
+    def end_body(self) -> None:
+        if not self.body_done.done():
+            self.body_done.set_result(None)
+
+    async def respond(self) -> None:
+        """Finish the request once its body is in, and relay MLflow's response to the client."""
+        await self.body_done
+        if self.closed:
+            raise self.failure()
+        try:
+            self.connection.finish()
+            self._wait_on_mlflow()
+            await self.connection.read_response(self)
+        except (iostream.StreamClosedError, httputil.HTTPOutputError):
+            self.abort()
+        finally:
+            self._stop_watchdog()
+        if self.closed and not self.complete:
+            raise self.failure()
+
+    def failure(self) -> Exception:
+        if self.timed_out:
+            return MLflowTimeout(f"MLflow sent nothing for {self.timeout:g} s")
+        return MLflowFailed("MLflow closed the connection before answering")
+
+    # --- the response (tornado calls these while reading MLflow's answer) ----------------
+    def headers_received(self, start_line, headers):
+        if start_line.code < 200:
+            return  # 100 Continue and friends: tornado reads the real response next
+        handler = self.handler
+        handler.set_status(start_line.code, start_line.reason)
+        handler._headers = httputil.HTTPHeaders()  # tornado's defaults are not MLflow's
+        for name, value in headers.get_all():
+            if name in HOP_HEADERS:
+                continue
+            if name == "Location" and start_line.code in REDIRECTS:
+                value = self.rewrite_location(value)
+            handler.add_header(name, value)
+        self.response_started = True
+        self._wait_on_mlflow()
+
+    async def data_received(self, chunk: bytes) -> None:
+        self._idle()
+        self.handler.write(chunk)
+        self._unflushed += len(chunk)
+        if self._unflushed >= FLUSH_AFTER:
+            self._unflushed = 0
+            try:
+                await self.flush()
+            except iostream.StreamClosedError:
+                self.abort()  # the client left: stop reading from MLflow
+                return
+        self._wait_on_mlflow()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._idle()
+
+    def on_connection_close(self) -> None:
+        self.abort()
+
+    # --- faults ---------------------------------------------------------------------------
+    def abort(self) -> None:
+        """Drop the connection to MLflow (the client left, or MLflow stalled)."""
+        self.closed = True
+        self._stop_watchdog()
+        if self.connection is not None:
+            self.connection.close()
+        if not self.opened.done():
+            self.opened.set_exception(self.failure())
+            self.opened.exception()  # retrieved: open()'s caller reports it
+        self.end_body()
+
+    def _wait_on_mlflow(self) -> None:
+        self._waiting_since = time.monotonic()
+
+    def _idle(self) -> None:
+        """Waiting on the client now (or on nothing): MLflow's clock stops."""
+        self._waiting_since = None
+
+    async def _mlflow(self, future):
+        self._wait_on_mlflow()
+        return await future
+
+    def _arm_watchdog(self) -> None:
+        self._watchdog = asyncio.get_running_loop().call_later(min(1.0, self.timeout / 4), self._check)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _check(self) -> None:
+        if self._waiting_since is not None and time.monotonic() - self._waiting_since > self.timeout:
+            self.timed_out = True
+            self.abort()
+            return
+        self._arm_watchdog()
