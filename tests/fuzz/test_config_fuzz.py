@@ -121,7 +121,15 @@ class Fuzzed:
 
 @pytest.fixture(scope="module")
 def fuzzed():
-    return Fuzzed()
+    """A scratch directory, with the caller's MLPROXY_* variables (MLPROXY_TEST_PORT_OFFSET, say)
+    out of the environment the in-process loads see."""
+    outside = {name: value for name, value in os.environ.items() if name.startswith(ENV_PREFIX)}
+    for name in outside:
+        del os.environ[name]
+    try:
+        yield Fuzzed()
+    finally:
+        os.environ.update(outside)
 
 
 @fuzz(6000)
