@@ -6,6 +6,7 @@ resolved attribute or property here, so no other module guesses a location.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import tomllib
@@ -66,6 +67,17 @@ class MLflowSettings(_Section):
         description="SQLite's journal mode, set on the database before MLflow starts (see docs/RELIABILITY.md). "
         "wal keeps -wal and -shm files beside the database; both survive kill -9 and power cuts.",
     )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of an S3-compatible store for s3:// artifacts (MLFLOW_S3_ENDPOINT_URL); "
+        "unset: AWS.",
+    )
+    credentials_file: Path | None = Field(
+        None,
+        description="0600 file of KEY=VALUE lines (PGPASSWORD, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_SESSION_TOKEN) handed to MLflow's process only; the environment and systemd credentials "
+        "also work.",
+    )
 
     @field_validator("host")
     @classmethod
@@ -108,6 +120,33 @@ class MLflowSettings(_Section):
                 f"not the relative path {value!r}"
             )
         return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"give an http:// or https:// URL, e.g. https://s3.example.com, not {value!r}")
+        return value
+
+    @field_validator("credentials_file")
+    @classmethod
+    def _absolute_credentials_file(cls, value: Path | None) -> Path | None:
+        return value.expanduser().absolute() if value is not None else None
+
+    @model_validator(mode="after")
+    def _store_fits(self) -> MLflowSettings:
+        backend = self.backend_store_uri or ""
+        if self.workers > 1 and backend.startswith("sqlite:"):
+            raise ValueError(
+                f"workers = {self.workers} with a SQLite backend store: SQLite takes one writer at a time, "
+                "so several workers queue on its lock and fail with 'database is locked' under load. "
+                "Keep workers = 1, or move the store to PostgreSQL (docs/SCALING.md)"
+            )
+        if (self.artifacts_destination or "").startswith("s3://") and importlib.util.find_spec("boto3") is None:
+            raise ValueError(
+                f"artifacts_destination {self.artifacts_destination!r} needs boto3: pip install 'mlproxy[s3]'"
+            )
+        return self
 
 
 class JupyterSettings(_Section):
@@ -308,6 +347,7 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         data["mlflow"]["backend_store_uri"] = redact_uri(self.mlflow.backend_store_uri)
         data["mlflow"]["artifacts_destination"] = redact_uri(self.mlflow.artifacts_destination)
+        data["mlflow"]["s3_endpoint_url"] = redact_uri(self.mlflow.s3_endpoint_url)
         return data
 
 

@@ -76,7 +76,7 @@ def mlflow_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
             "MLFLOW_BACKEND_STORE_URI": mlflow.backend_store_uri,
             "MLFLOW_ARTIFACTS_DESTINATION": mlflow.artifacts_destination,
         }
-        return argv, {**common_env, **env}
+        return argv, {**common_env, **env, **_s3_env(settings)}
     # Default: exec uvicorn on MLflow's app directly, as `mlflow server` would start it, minus
     # the CLI parent: one process (supervisord's pid is the server, so kill -9 and SIGSTOP hit
     # what serves), about 180 MB less memory (PSS) and about 2 s less start-up (docs/benchmarks.md).
@@ -100,7 +100,12 @@ def mlflow_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
         STORE_LOCK_ENV: str(settings.runtime_dir / "mlflow-store.lock"),
         "MLFLOW_ENABLE_WORKSPACES": "false",
     }
-    return argv, {**common_env, **env}
+    return argv, {**common_env, **env, **_s3_env(settings)}
+
+
+def _s3_env(settings: Settings) -> dict[str, str]:
+    # boto3 reads the endpoint from MLflow's variable; the keys come from store_secrets at exec.
+    return {"MLFLOW_S3_ENDPOINT_URL": settings.mlflow.s3_endpoint_url} if settings.mlflow.s3_endpoint_url else {}
 
 
 def jupyter_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
@@ -143,6 +148,7 @@ def launch_spec(name: str, settings: Settings) -> dict:
             "backend_store_uri": settings.mlflow.backend_store_uri,
             "schema_upgrade": settings.mlflow.schema_upgrade,
             "sqlite_journal_mode": settings.mlflow.sqlite_journal_mode,
+            "credentials_file": str(settings.mlflow.credentials_file or ""),
         }
     elif name == "jupyter":
         argv, env = jupyter_command(settings)
@@ -196,8 +202,11 @@ def exec_server(spec: dict) -> None:
         if spec["service"] == "mlflow":
             if MLFLOW_SERVER_ENV["boot_id"] in env:
                 env[MLFLOW_SERVER_ENV["boot_id"]] = uuid.uuid4().hex  # one per server start, as `mlflow server` does
+            env.update(credentials.store_secrets(env, spec.get("credentials_file")))
             prepare_mlflow(spec, env)
         else:
+            for name in credentials.STORE_SECRETS:  # kernels and terminals have no use for them
+                env.pop(name, None)
             prepare_jupyter(spec)
     except (schema.SchemaError, sqlite_store.StoreError, credentials.CredentialError) as error:
         raise LaunchError(str(error)) from None

@@ -25,7 +25,10 @@ USER_AGENT = "mlproxy-agent"
 # out of MLflow's access log, or they would be most of it (5 lines every 2 s).
 MLFLOW_LIVENESS = "/health"
 MLFLOW_READINESS = "/api/2.0/mlflow/experiments/search?max_results=1"  # touches the store
-MLFLOW_PROBE_PATHS = frozenset({MLFLOW_LIVENESS, MLFLOW_READINESS})
+# Lists the top of the artifact store (a directory listing, or one S3 ListObjects call of at
+# most 1000 keys): a database that answers is not enough when the object store is gone.
+MLFLOW_ARTIFACTS_READINESS = "/api/2.0/mlflow-artifacts/artifacts"
+MLFLOW_PROBE_PATHS = frozenset({MLFLOW_LIVENESS, MLFLOW_READINESS, MLFLOW_ARTIFACTS_READINESS})
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,10 @@ def checks(settings: Settings) -> dict[tuple[str, str], list[Check]]:
     return {
         ("mlflow", "liveness"): [Check(f"{mlflow}{MLFLOW_LIVENESS}", expect_body=b"OK")],
         # Readiness touches the store: the process answering is not enough.
-        ("mlflow", "readiness"): [Check(f"{mlflow}{MLFLOW_READINESS}", expect_body=b"{")],
+        ("mlflow", "readiness"): [
+            Check(f"{mlflow}{MLFLOW_READINESS}", expect_body=b"{"),
+            Check(f"{mlflow}{MLFLOW_ARTIFACTS_READINESS}", expect_body=b"{"),
+        ],
         ("jupyter", "liveness"): [Check(f"{jupyter}/api", expect_body=b"{")],
         # Authenticated: proves the token Jupyter loaded is the one users and the agent hold.
         ("jupyter", "readiness"): [Check(f"{jupyter}/api/status", authenticated=True, expect_body=b"{")],

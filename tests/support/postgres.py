@@ -48,9 +48,16 @@ class Postgres:
             "-o", f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1", "-w", "start",
         )
 
-    def stop(self) -> None:
-        """Stop it if it runs, and remove its directory."""
+    def create_database(self, name: str) -> None:
+        self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlproxy", name)
+
+    def stop_server(self) -> None:
+        """Stop it if it runs (fast: open sessions are ended), keeping its data for a start()."""
         pid_file = self.directory / "data" / "postmaster.pid"
         if pid_file.exists():
             self._run(str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
+
+    def stop(self) -> None:
+        """Stop it if it runs, and remove its directory."""
+        self.stop_server()
         shutil.rmtree(self.directory, ignore_errors=True)

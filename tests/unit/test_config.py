@@ -58,10 +58,10 @@ def test_systemd_directories_are_used(monkeypatch, tmp_path):
 
 
 def test_file_then_environment_precedence(monkeypatch, tmp_path):
-    path = write(tmp_path, "[mlflow]\nport = 5002\nworkers = 2\n")
+    path = write(tmp_path, "[mlflow]\nport = 5002\njob_execution = true\n")
     monkeypatch.setenv("MLPROXY_MLFLOW__PORT", "5003")
     settings = load_settings(path)
-    assert settings.mlflow.port == 5003 and settings.mlflow.workers == 2
+    assert settings.mlflow.port == 5003 and settings.mlflow.job_execution
     assert settings.config_file == path
 
 

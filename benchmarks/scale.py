@@ -1,0 +1,239 @@
+"""Concurrent logging clients through /mlflow/: SQLite at 1 worker, PostgreSQL at 1, 2 and 4.
+
+    python -m benchmarks.scale                 # about 12 min on 2 cores
+    python -m benchmarks.scale --seconds 3     # smoke run
+
+Writes benchmarks/results/scale.{json,md} and docs/images/scale-latency.png. Each client is a
+thread with its own keep-alive session (as the MLflow client keeps one), posting log-metric
+through Jupyter's route with the token for a fixed time; the client threads share this
+process and its 2 cores with the stack, so the absolute numbers are this machine's, and the
+comparison between stores and worker counts is the result. A second part measures one client's
+median request latency, keep-alive versus a new connection per request, over the route and on
+MLflow's own port, at 1 and 2 workers (the ~40 ms keep-alive penalty of uvicorn >= 2 workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+from tests.stack import Stack
+from tests.support.postgres import Postgres
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PLOT = ROOT / "docs" / "images" / "scale-latency.png"
+CONCURRENCY = (1, 4, 16, 64)
+SETUPS = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4))
+PORTS = dict(jupyter_port=62888, mlflow_port=62001, metrics_port=62181)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def _create_run(stack: Stack) -> str:
+    session = stack.session()
+    experiment = session.post(stack.url("mlflow/api/2.0/mlflow/experiments/create"), json={"name": f"bench-{uuid.uuid4().hex[:8]}"}, timeout=60).json()["experiment_id"]
+    return session.post(stack.url("mlflow/api/2.0/mlflow/runs/create"), json={"experiment_id": experiment}, timeout=60).json()["run"]["info"]["run_id"]
+
+
+def load(stack: Stack, clients: int, seconds: float) -> dict:
+    """`clients` threads logging metrics for `seconds`; latencies of the answered requests."""
+    run_id = _create_run(stack)
+    url = stack.url("mlflow/api/2.0/mlflow/runs/log-metric")
+    latencies: list[float] = []
+    errors = {"locked": 0, "5xx": 0, "other": 0}
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def client(number: int) -> None:
+        session = stack.session()
+        step = 0
+        start.wait()
+        while time.monotonic() < stop_at[0]:
+            step += 1
+            body = {"run_id": run_id, "key": f"c{number}", "value": step, "timestamp": int(time.time() * 1000), "step": step}
+            began = time.monotonic()
+            try:
+                answer = session.post(url, json=body, timeout=120)
+                status, text = answer.status_code, answer.text
+            except requests.RequestException as error:
+                status, text = 0, str(error)
+            took = time.monotonic() - began
+            with lock:
+                if status == 200:
+                    latencies.append(took)
+                elif "locked" in text:
+                    errors["locked"] += 1
+                elif status >= 500:
+                    errors["5xx"] += 1
+                else:
+                    errors["other"] += 1
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    stop_at[0] = time.monotonic() + seconds
+    began = time.monotonic()
+    start.wait()
+    for thread in threads:
+        thread.join(300)
+    elapsed = time.monotonic() - began
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "throughput_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 1) if latencies else None,
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1) if latencies else None,
+        "errors": errors,
+    }
+
+
+def keepalive(stack: Stack, requests_per_case: int = 60) -> dict:
+    """Median latency of one GET, keep-alive versus a new connection each time, on two paths."""
+    paths = {
+        "route": (stack.url("mlflow/api/2.0/mlflow/experiments/search?max_results=1"), {"Authorization": f"token {stack.token}"}),
+        "mlflow_port": (f"http://127.0.0.1:{stack.mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1", {}),
+    }
+    found = {}
+    for name, (url, headers) in paths.items():
+        for mode in ("keep_alive", "new_connection"):
+            session = requests.Session()
+            extra = {"Connection": "close"} if mode == "new_connection" else {}
+            times = []
+            for _ in range(requests_per_case + 5):
+                began = time.monotonic()
+                session.get(url, headers={**headers, **extra}, timeout=60).raise_for_status()
+                times.append(time.monotonic() - began)
+            found[f"{name}_{mode}_ms"] = round(statistics.median(times[5:]) * 1000, 1)  # 5 warm-up requests
+    return found
+
+
+def measure(setup: tuple[str, int], directory: Path, postgres: Postgres, seconds: float) -> dict:
+    store, workers = setup
+    config = f"[mlflow]\nworkers = {workers}\n"  # SQLite: the default store in the state directory
+    if store == "postgresql":  # a fresh database per setup, as the SQLite setup gets a fresh file
+        database = f"bench_w{workers}"
+        postgres.create_database(database)
+        config += f'backend_store_uri = "{postgres.uri.rsplit("/", 1)[0]}/{database}"\n'
+    stack = Stack(directory / f"{store}-{workers}" / "state", **PORTS, config=config).start(timeout=300)
+    try:
+        log(f"{store}, {workers} worker(s): ready")
+        rows = []
+        for clients in CONCURRENCY:
+            rows.append(load(stack, clients, seconds))
+            log(f"  {clients:>2} clients: {rows[-1]}")
+        latency = keepalive(stack)
+        log(f"  keep-alive: {latency}")
+        return {"store": store, "workers": workers, "load": rows, "single_client": latency}
+    finally:
+        stack.stop()
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"# Scale-out benchmark ({results['when']})",
+        "",
+        f"`python -m benchmarks.scale --seconds {results['seconds']:g}`, one run; {results['cores']} cores shared by the "
+        "stack, its database and the client threads. Metric writes (`runs/log-metric`) through `/mlflow/` with the token, "
+        "one keep-alive session per client; p50/p99 over every answered request.",
+        "",
+        "| store | workers | clients | writes/s | p50 ms | p99 ms | locked | 5xx | other errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in results["setups"]:
+        for row in entry["load"]:
+            e = row["errors"]
+            lines.append(
+                f"| {entry['store']} | {entry['workers']} | {row['clients']} | {row['throughput_per_s']} | {row['p50_ms']} | "
+                f"{row['p99_ms']} | {e['locked']} | {e['5xx']} | {e['other']} |"
+            )
+    lines += [
+        "",
+        "One client, median of 60 GETs (`experiments/search`), keep-alive versus a new connection per request:",
+        "",
+        "| store | workers | route keep-alive | route new connection | MLflow port keep-alive | MLflow port new connection |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in results["setups"]:
+        s = entry["single_client"]
+        lines.append(
+            f"| {entry['store']} | {entry['workers']} | {s['route_keep_alive_ms']} ms | {s['route_new_connection_ms']} ms | "
+            f"{s['mlflow_port_keep_alive_ms']} ms | {s['mlflow_port_new_connection_ms']} ms |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for entry in results["setups"]:
+        label = f"{entry['store']}, {entry['workers']} worker{'s' if entry['workers'] > 1 else ''}"
+        clients = [row["clients"] for row in entry["load"]]
+        left.plot(clients, [row["p50_ms"] for row in entry["load"]], marker="o", label=f"{label} p50")
+        left.plot(clients, [row["p99_ms"] for row in entry["load"]], marker="x", linestyle="--", label=f"{label} p99")
+        right.plot(clients, [row["throughput_per_s"] for row in entry["load"]], marker="o", label=label)
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(CONCURRENCY), [str(n) for n in CONCURRENCY])
+        axis.set_xlabel("concurrent logging clients")
+        axis.grid(True, alpha=0.3)
+    left.set_yscale("log")
+    left.set_ylabel("latency per write (ms)")
+    left.set_title("Latency by concurrency through /mlflow/")
+    right.set_ylabel("acknowledged writes per second")
+    right.set_title("Throughput")
+    left.legend(fontsize=6)
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(PLOT, dpi=110)
+
+
+def main() -> int:
+    import os
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20, help="load time per concurrency level")
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="mlproxy-scale-"))
+    postgres = Postgres(62432).init()
+    postgres.start()
+    try:
+        setups = [measure(setup, directory, postgres, args.seconds) for setup in SETUPS]
+    finally:
+        postgres.stop()
+    results = {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "seconds": args.seconds, "cores": os.cpu_count(), "setups": setups}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "scale.md").write_text(markdown(results))
+    plot(results)
+    log(f"wrote {RESULTS / 'scale.md'} and {PLOT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
