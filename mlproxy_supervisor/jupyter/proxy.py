@@ -250,6 +250,9 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             message = getattr(error, "log_message", None) or str(error)
         if status_code in (502, 503, 504):
             self.set_header("Retry-After", str(RETRY_AFTER))
+        # Answered from prepare(), tornado hangs up after this response without saying so: say it,
+        # or a client reusing the connection gets a reset.
+        self.set_header("Connection", "close")
         if self.request.method == "GET" and "text/html" in self.request.headers.get("Accept", "") and status_code != 413:
             self.set_header("Content-Type", "text/html; charset=UTF-8")
             self.set_header("Cache-Control", "no-store")
