@@ -8,13 +8,20 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, Settings, config_search_path, load_settings
+from .config import RESOLVED_ENV, ConfigError, Settings, config_search_path, load_settings, locate_stack, read_resolved
 
 EXIT_CONFIG = 2
 
 
 def _settings(args) -> Settings:
+    """The configuration as the TOML file and MLPROXY_* say (up, config, install)."""
     return load_settings(args.config)
+
+
+def _running(args) -> Settings:
+    """The running stack's resolved configuration (status, url, doctor, ctl), whatever this
+    shell's environment says; the configuration itself when no stack runs."""
+    return locate_stack(args.config)
 
 
 def cmd_up(args) -> int:
@@ -26,7 +33,10 @@ def cmd_up(args) -> int:
 def cmd_agent(args) -> int:
     from .agent.loop import main
 
-    return main(_settings(args))
+    resolved = os.environ.get(RESOLVED_ENV)
+    if not resolved:
+        raise ConfigError(f"${RESOLVED_ENV} is not set: the agent runs under supervisord, started by `mlproxy up`")
+    return main(read_resolved(Path(resolved)))
 
 
 def cmd_logs(args) -> int:
@@ -54,7 +64,7 @@ def cmd_config(args) -> int:
 def cmd_status(args) -> int:
     from . import status
 
-    return status.run(_settings(args), args.json, args.wait, args.timeout)
+    return status.run(_running(args), args.json, args.wait, args.timeout)
 
 
 def cmd_doctor(args) -> int:
@@ -66,7 +76,7 @@ def cmd_doctor(args) -> int:
 def cmd_url(args) -> int:
     from .credentials import CredentialError, read_token
 
-    settings = _settings(args)
+    settings = _running(args)
     try:
         token = read_token(settings.jupyter.token_file)
     except CredentialError as error:
@@ -78,7 +88,7 @@ def cmd_url(args) -> int:
 
 def cmd_ctl(args) -> int:
     """supervisorctl on this stack's socket; the socket stays 0700, so run it as the stack's user."""
-    settings = _settings(args)
+    settings = _running(args)
     argv = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(settings.supervisord_conf), *args.args]
     if not settings.supervisord_conf.exists():
         print(f"mlproxy ctl: {settings.supervisord_conf} does not exist: is the stack running?", file=sys.stderr)

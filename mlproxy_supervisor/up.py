@@ -14,10 +14,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from . import credentials, preflight, procfs, supervisord_conf
+from . import credentials, launch, preflight, procfs, supervisord_conf
 from .agent import report
-from .config import CONFIG_PATH_ENV, Settings
+from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .rpc import Supervisor, SupervisorUnavailable
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -113,6 +114,24 @@ def _should_print_token(token_generated: bool) -> bool:
     return sys.stdout.isatty() or token_generated
 
 
+def prepare_runtime(settings: Settings) -> Path:
+    """Resolve the configuration once, into the 0700 runtime directory: the resolved file (the
+    agent, Jupyter's extension and later CLI calls read it), the launch files, supervisord's
+    configuration. Returns supervisord's configuration file."""
+    write_resolved(settings)
+    settings.programs_dir.mkdir(mode=0o700, exist_ok=True)
+    launch.write_launch_files(settings)
+    return supervisord_conf.write_config(settings)
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The stack's environment: ours, minus what was resolved already (MLPROXY_*, the token),
+    plus where the resolved configuration is."""
+    env = {k: v for k, v in os.environ.items() if k not in CONSUMED_ENV and not k.upper().startswith(ENV_PREFIX)}
+    env[RESOLVED_ENV] = str(settings.resolved_file)
+    return env
+
+
 def run(settings: Settings) -> int:
     problems = preflight.check_all(settings)
     if problems:
@@ -127,10 +146,8 @@ def run(settings: Settings) -> int:
         print(f"mlproxy: cannot start: {error}", file=sys.stderr)
         return 1
     settings.status_file.unlink(missing_ok=True)  # a previous run's status is not this one's
-    conf = supervisord_conf.write_config(settings)
-    env = {k: v for k, v in os.environ.items() if k not in CONSUMED_ENV}
-    if settings.config_file is not None:
-        env[CONFIG_PATH_ENV] = str(settings.config_file)  # every child reads the same file
+    conf = prepare_runtime(settings)
+    env = child_environment(settings)
     if os.geteuid() == 0:
         say("running as root; on a server prefer `mlproxy install`, which runs the stack as user mlproxy")
 
@@ -175,5 +192,6 @@ def run(settings: Settings) -> int:
         last_overall = overall
     code = supervisord.returncode
     _kill_orphans()
+    settings.resolved_file.unlink(missing_ok=True)  # no running stack to describe any more
     say("stopped" if code == 0 else f"supervisord exited with status {code}")
     return code

@@ -10,20 +10,28 @@ Two hooks, both loaded by any Jupyter server in this environment:
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from jupyter_server.utils import url_path_join
 from jupyter_server_proxy.handlers import AddSlashHandler
 from tornado.routing import HostMatches, Rule
 
-from ..config import ConfigError, load_settings
+from ..config import ConfigError, Settings, locate_stack
 from .proxy import MLflowProxyHandler
 
 ICON = Path(__file__).with_name("mlflow.svg")
 ROUTE_NAME = "mlflow"
 
 
+def _stack_settings() -> Settings:
+    """The running stack's resolved configuration: under `mlproxy up`, the file named by
+    $MLPROXY_RESOLVED_CONFIG in Jupyter's environment. A Jupyter server started by hand in this
+    environment finds the stack as the `mlproxy` command does."""
+    return locate_stack()
+
+
 def _mlflow_port() -> int:
-    return load_settings().mlflow.port
+    return urlsplit(_stack_settings().mlflow_url).port
 
 
 def mlflow_server_process() -> dict:
