@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from . import credentials, launch, preflight, procfs, supervisord_conf
-from .agent import report
 from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .rpc import Supervisor, SupervisorUnavailable
+from .status_document import StatusDocument
 
 PR_SET_CHILD_SUBREAPER = 36
 # Read here and never passed on: a JUPYTER_TOKEN given to `up` is stored in the token file,
@@ -180,15 +180,15 @@ def run(settings: Settings) -> int:
             continue
         time.sleep(0.1)
         _reap(keep=supervisord.pid)
-        status = report.read_status(settings.status_file)
-        if not status or stopping:
+        status = StatusDocument.read(settings.status_file)
+        if status is None or stopping:
             continue
-        overall = status.get("overall")
+        overall = status.overall
         if overall == "ready" and not announced:
             print_url(settings, token if _should_print_token(token_generated) else None, time.monotonic() - started)
             announced = True
         elif overall == "down" and last_overall != "down":
-            say(f"{status.get('summary')} (see `mlproxy status`; the agent keeps retrying)")
+            say(f"{status.summary} (see `mlproxy status`; the agent keeps retrying)")
         last_overall = overall
     code = supervisord.returncode
     _kill_orphans()
