@@ -108,26 +108,59 @@ def cmd_uninstall(args) -> int:
     return install.run("uninstall", purge=args.purge)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlproxy")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+class _DescribedSubparsers:
+    """Every subcommand's `--help` starts with the line `mlproxy --help` shows for it."""
+
+    def __init__(self, subparsers):
+        self._subparsers = subparsers
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        return self._subparsers.add_parser(name, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    config_help = "TOML config file (default: the search order `mlproxy config show` prints)"
+    # Accepted before the subcommand and after it; SUPPRESS keeps a subcommand from resetting
+    # a value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="TOML config file (default: see `mlproxy config show`)")
-    parser = argparse.ArgumentParser(prog="mlproxy", description="MLflow beside Jupyter, behind Jupyter's login, supervised.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    parser = argparse.ArgumentParser(
+        prog="mlproxy", description="MLflow beside Jupyter, behind Jupyter's login, supervised."
+    )
+    parser.add_argument("--version", action="version", version=f"mlproxy {_version()}")
+    parser.add_argument("--config", type=Path, default=None, help=config_help)
+    commands = _DescribedSubparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 
     up = commands.add_parser("up", parents=[common], help="start the stack in the foreground")
     up.set_defaults(func=cmd_up)
 
-    status = commands.add_parser("status", parents=[common], help="show the stack's status (exit 0 ready, 1 starting/degraded, 2 down)")
+    status = commands.add_parser(
+        "status", parents=[common], help="show the stack's status (exit 0 ready, 1 starting/degraded, 2 down)"
+    )
     status.add_argument("--json", action="store_true", help="print the status document")
     status.add_argument("--wait", action="store_true", help="block until ready (or --timeout)")
     status.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")
     status.set_defaults(func=cmd_status)
 
-    config = commands.add_parser("config", parents=[common], help="check, show (effective, secrets masked) or document the configuration")
+    config = commands.add_parser(
+        "config", parents=[common], help="check, show (effective, secrets masked) or document the configuration"
+    )
     config.add_argument("action", choices=("check", "show", "reference"))
     config.set_defaults(func=cmd_config)
 
-    doctor = commands.add_parser("doctor", parents=[common], help="diagnose why MLflow does not work behind Jupyter, with fixes")
+    doctor = commands.add_parser(
+        "doctor", parents=[common], help="diagnose why MLflow does not work behind Jupyter, with fixes"
+    )
     doctor.set_defaults(func=cmd_doctor)
 
     url = commands.add_parser("url", parents=[common], help="print the URL to open, token included")
@@ -138,9 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("args", nargs=argparse.REMAINDER)
     ctl.set_defaults(func=cmd_ctl)
 
-    install = commands.add_parser(
-        "install", help="(root) install the systemd service: user, directories, config, unit"
-    )
+    install = commands.add_parser("install", help="(root) install the systemd service: user, directories, config, unit")
     install.add_argument("--enable", action="store_true", help="start the service at boot")
     install.add_argument("--now", action="store_true", help="start it now (returns once it is ready)")
     install.set_defaults(func=cmd_install)
@@ -160,9 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is handled, not at exit
+        return code
     except ConfigError as error:
         print(f"mlproxy: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mlproxy status | head -1`: the reader has what it wanted
+        # Python flushes stdout again at exit; point it at /dev/null so that flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -52,7 +52,9 @@ def mlflow_routes(base_url: str, port: int) -> list[tuple]:
     return [
         (url_path_join(base_url, ROUTE_NAME, "(.*)"), MLflowProxyHandler, {"port": port, "proxy_base": ROUTE_NAME}),
         (url_path_join(base_url, ROUTE_NAME), AddSlashHandler),
-        (url_path_join(base_url, rf"proxy/{loopback_port}(/.*|)"), MLflowProxyHandler, {"port": port}),
+        (url_path_join(base_url, rf"proxy/{loopback_port}(/.*)"), MLflowProxyHandler, {"port": port}),
+        # Without the slash MLflow's page loads but its relative asset URLs miss: redirect.
+        (url_path_join(base_url, rf"proxy/{loopback_port}"), AddSlashHandler),
     ]
 
 
