@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlproxy_supervisor import credentials, launch
-from mlproxy_supervisor.agent import report
 from mlproxy_supervisor.config import Settings, load_settings
 from mlproxy_supervisor.launch import jupyter_command, mlflow_command
 from mlproxy_supervisor.rpc import Supervisor
+from mlproxy_supervisor.status_document import StatusDocument
 
 from . import procs
 
@@ -124,7 +124,8 @@ class Mlproxy:
 
     def status(self) -> dict | None:
         """The status document `mlproxy status` reads (read directly: no process per poll)."""
-        return report.read_status(self.settings.status_file)
+        document = StatusDocument.read(self.settings.status_file)
+        return None if document is None else document.model_dump(mode="json", by_alias=True)
 
     def supervisor(self) -> Supervisor:
         return Supervisor(self.settings.socket_path)

@@ -8,13 +8,20 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, Settings, config_search_path, load_settings
+from .config import RESOLVED_ENV, ConfigError, Settings, config_search_path, load_settings, locate_stack, read_resolved
 
 EXIT_CONFIG = 2
 
 
 def _settings(args) -> Settings:
+    """The configuration as the TOML file and MLPROXY_* say (up, config, install)."""
     return load_settings(args.config)
+
+
+def _running(args) -> Settings:
+    """The running stack's resolved configuration (status, url, doctor, ctl), whatever this
+    shell's environment says; the configuration itself when no stack runs."""
+    return locate_stack(args.config)
 
 
 def cmd_up(args) -> int:
@@ -26,7 +33,10 @@ def cmd_up(args) -> int:
 def cmd_agent(args) -> int:
     from .agent.loop import main
 
-    return main(_settings(args))
+    resolved = os.environ.get(RESOLVED_ENV)
+    if not resolved:
+        raise ConfigError(f"${RESOLVED_ENV} is not set: the agent runs under supervisord, started by `mlproxy up`")
+    return main(read_resolved(Path(resolved)))
 
 
 def cmd_logs(args) -> int:
@@ -54,7 +64,7 @@ def cmd_config(args) -> int:
 def cmd_status(args) -> int:
     from . import status
 
-    return status.run(_settings(args), args.json, args.wait, args.timeout)
+    return status.run(_running(args), args.json, args.wait, args.timeout)
 
 
 def cmd_doctor(args) -> int:
@@ -78,7 +88,7 @@ def cmd_restore(args) -> int:
 def cmd_url(args) -> int:
     from .credentials import CredentialError, read_token
 
-    settings = _settings(args)
+    settings = _running(args)
     try:
         token = read_token(settings.jupyter.token_file)
     except CredentialError as error:
@@ -90,7 +100,7 @@ def cmd_url(args) -> int:
 
 def cmd_ctl(args) -> int:
     """supervisorctl on this stack's socket; the socket stays 0700, so run it as the stack's user."""
-    settings = _settings(args)
+    settings = _running(args)
     argv = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(settings.supervisord_conf), *args.args]
     if not settings.supervisord_conf.exists():
         print(f"mlproxy ctl: {settings.supervisord_conf} does not exist: is the stack running?", file=sys.stderr)
@@ -110,26 +120,59 @@ def cmd_uninstall(args) -> int:
     return install.run("uninstall", purge=args.purge)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlproxy")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+class _DescribedSubparsers:
+    """Every subcommand's `--help` starts with the line `mlproxy --help` shows for it."""
+
+    def __init__(self, subparsers):
+        self._subparsers = subparsers
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        return self._subparsers.add_parser(name, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    config_help = "TOML config file (default: the search order `mlproxy config show` prints)"
+    # Accepted before the subcommand and after it; SUPPRESS keeps a subcommand from resetting
+    # a value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="TOML config file (default: see `mlproxy config show`)")
-    parser = argparse.ArgumentParser(prog="mlproxy", description="MLflow beside Jupyter, behind Jupyter's login, supervised.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    parser = argparse.ArgumentParser(
+        prog="mlproxy", description="MLflow beside Jupyter, behind Jupyter's login, supervised."
+    )
+    parser.add_argument("--version", action="version", version=f"mlproxy {_version()}")
+    parser.add_argument("--config", type=Path, default=None, help=config_help)
+    commands = _DescribedSubparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 
     up = commands.add_parser("up", parents=[common], help="start the stack in the foreground")
     up.set_defaults(func=cmd_up)
 
-    status = commands.add_parser("status", parents=[common], help="show the stack's status (exit 0 ready, 1 starting/degraded, 2 down)")
+    status = commands.add_parser(
+        "status", parents=[common], help="show the stack's status (exit 0 ready, 1 starting/degraded, 2 down)"
+    )
     status.add_argument("--json", action="store_true", help="print the status document")
     status.add_argument("--wait", action="store_true", help="block until ready (or --timeout)")
     status.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)")
     status.set_defaults(func=cmd_status)
 
-    config = commands.add_parser("config", parents=[common], help="check, show (effective, secrets masked) or document the configuration")
+    config = commands.add_parser(
+        "config", parents=[common], help="check, show (effective, secrets masked) or document the configuration"
+    )
     config.add_argument("action", choices=("check", "show", "reference"))
     config.set_defaults(func=cmd_config)
 
-    doctor = commands.add_parser("doctor", parents=[common], help="diagnose why MLflow does not work behind Jupyter, with fixes")
+    doctor = commands.add_parser(
+        "doctor", parents=[common], help="diagnose why MLflow does not work behind Jupyter, with fixes"
+    )
     doctor.set_defaults(func=cmd_doctor)
 
     backup = commands.add_parser("backup", parents=[common], help="consistent copy of the database and artifacts, safe while running")
@@ -148,9 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("args", nargs=argparse.REMAINDER)
     ctl.set_defaults(func=cmd_ctl)
 
-    install = commands.add_parser(
-        "install", help="(root) install the systemd service: user, directories, config, unit"
-    )
+    install = commands.add_parser("install", help="(root) install the systemd service: user, directories, config, unit")
     install.add_argument("--enable", action="store_true", help="start the service at boot")
     install.add_argument("--now", action="store_true", help="start it now (returns once it is ready)")
     install.set_defaults(func=cmd_install)
@@ -170,9 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is handled, not at exit
+        return code
     except ConfigError as error:
         print(f"mlproxy: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mlproxy status | head -1`: the reader has what it wanted
+        # Python flushes stdout again at exit; point it at /dev/null so that flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -30,6 +31,10 @@ from .redact import redact_uri
 ENV_PREFIX = "MLPROXY_"
 CONFIG_PATH_ENV = "MLPROXY_CONFIG"
 CONFIG_FILE_NAME = "mlproxy.toml"
+# Names the running stack's resolved configuration (Settings.resolved_file). `mlproxy up` puts it
+# in every program's environment: the agent, Jupyter's extension, kernels and their terminals
+# read the stack's values from there, never from the TOML or MLPROXY_* again.
+RESOLVED_ENV = "MLPROXY_RESOLVED_CONFIG"
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
@@ -243,6 +248,9 @@ class Settings(BaseSettings):
 
     # The file the values came from (None: defaults and environment only); not a setting.
     _config_file: Path | None = PrivateAttr(None)
+    # The running stack's resolved file these values were read from (None: resolved here).
+    _resolved_from: Path | None = PrivateAttr(None)
+    _environment: tuple[str, ...] = PrivateAttr(())  # the MLPROXY_* variables that applied
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_unused):
@@ -316,11 +324,18 @@ class Settings(BaseSettings):
         return self.runtime_dir / "status.json"
 
     @property
+    def resolved_file(self) -> Path:
+        """This configuration as `mlproxy up` resolved it (0600): what the running stack uses."""
+        return self.runtime_dir / "resolved.json"
+
+    @property
     def jupyter_token_copy(self) -> Path:
         return self.runtime_dir / "jupyter_token"
 
     @property
     def mlflow_url(self) -> str:
+        """How to reach MLflow: the one address the probes, Jupyter's routes and the kernels'
+        MLFLOW_TRACKING_URI derive from."""
         host = f"[{self.mlflow.host}]" if ":" in self.mlflow.host else self.mlflow.host
         return f"http://{host}:{self.mlflow.port}"
 
@@ -339,8 +354,17 @@ class Settings(BaseSettings):
         return self._config_file
 
     @property
+    def resolved_from(self) -> Path | None:
+        return self._resolved_from
+
+    @property
     def source(self) -> str:
-        return str(self._config_file) if self._config_file else "built-in defaults"
+        if self._resolved_from is not None:
+            return f"the running stack ({self._resolved_from})"
+        parts = [str(self._config_file)] if self._config_file else []
+        if self._environment:
+            parts.append(", ".join(self._environment))
+        return " and ".join(parts) or "built-in defaults"
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with secrets masked, for `mlproxy config show`."""
@@ -349,6 +373,53 @@ class Settings(BaseSettings):
         data["mlflow"]["artifacts_destination"] = redact_uri(self.mlflow.artifacts_destination)
         data["mlflow"]["s3_endpoint_url"] = redact_uri(self.mlflow.s3_endpoint_url)
         return data
+
+
+class _ResolvedSettings(Settings):
+    """Settings read back from a resolved file: its values only, never the environment."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_unused):
+        return (init_settings,)
+
+
+def write_resolved(settings: Settings) -> Path:
+    """Write the resolved configuration for the stack's processes and later CLI calls."""
+    from .files import write_atomically
+
+    document = {"config_file": str(settings.config_file) if settings.config_file else None,
+                "settings": settings.model_dump(mode="json")}  # fmt: skip
+    write_atomically(settings.resolved_file, json.dumps(document, indent=2) + "\n")
+    return settings.resolved_file
+
+
+def read_resolved(path: Path) -> Settings:
+    """The configuration a running stack resolved, whatever this process's environment says."""
+    try:
+        document = json.loads(Path(path).read_text())
+        settings = _ResolvedSettings(**document["settings"])
+    except OSError as error:
+        raise ConfigError(f"cannot read the running stack's configuration {path}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path} is not a configuration written by `mlproxy up` ({error}); restart the stack") from None
+    config_file = document.get("config_file")
+    settings._config_file = Path(config_file) if config_file else None
+    settings._resolved_from = Path(path)
+    return settings
+
+
+def locate_stack(config_file: Path | None = None) -> Settings:
+    """The settings of the running stack this command is about: the file named by
+    $MLPROXY_RESOLVED_CONFIG (inside the stack), else the one in the runtime directory the
+    configuration names; without a running stack, the configuration itself."""
+    if config_file is None and (named := os.environ.get(RESOLVED_ENV)):
+        return read_resolved(Path(named))
+    settings = load_settings(config_file)
+    try:
+        running = settings.resolved_file.is_file()
+    except OSError:  # a runtime directory this user may not enter
+        running = False
+    return read_resolved(settings.resolved_file) if running else settings
 
 
 def _absolute(value: Any) -> Any:
@@ -411,7 +482,7 @@ def _known_env_names(model: type[BaseModel], prefix: str) -> set[str]:
 
 
 def _check_environment() -> None:
-    known = _known_env_names(Settings, ENV_PREFIX) | {CONFIG_PATH_ENV}
+    known = _known_env_names(Settings, ENV_PREFIX) | {CONFIG_PATH_ENV, RESOLVED_ENV}
     unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
     if unknown:
         raise ConfigError(
@@ -457,4 +528,5 @@ def load_settings(config_file: Path | None = None) -> Settings:
             lines.append(f"  {key}: {message}{_given(problem, message)}")
         raise ConfigError("\n".join(lines)) from None
     settings._config_file = path.absolute() if path is not None else None
+    settings._environment = tuple(sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in (CONFIG_PATH_ENV, RESOLVED_ENV)))
     return settings

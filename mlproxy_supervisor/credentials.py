@@ -7,6 +7,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from .files import write_atomically
+
 TOKEN_ENV = "JUPYTER_TOKEN"  # honoured once by `mlproxy up` (containers), then stored in the file
 
 
@@ -51,17 +53,8 @@ def _current_user() -> str:
 
 
 def write_private(path: Path, content: str) -> None:
-    """Write atomically, with mode 0600 from the first byte (no window where it is readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(content)  # no newline: Jupyter reads JUPYTER_TOKEN_FILE verbatim
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """0600 and atomic; no newline added: Jupyter reads JUPYTER_TOKEN_FILE verbatim."""
+    write_atomically(path, content, 0o600)
 
 
 # Secrets of the stores, read by MLflow's process only: libpq reads PGPASSWORD, boto3 the AWS_*

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
+import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import credentials, preflight, procfs
-from .config import ConfigError, Settings, load_settings
+from .config import RESOLVED_ENV, ConfigError, Settings, locate_stack
 from .rpc import Supervisor, SupervisorUnavailable
 
 TIMEOUT = 5.0
@@ -149,9 +150,11 @@ def _listeners_belong_to_stack(settings: Settings, supervisor: Supervisor) -> li
 
 def diagnose(config_file: Path | None) -> list[Finding]:
     try:
-        settings = load_settings(config_file)
+        settings = locate_stack(config_file)
     except ConfigError as error:
         return [Finding("configuration", False, str(error), "edit the file or variable named above; `mlproxy config check` re-checks")]
+    if settings.resolved_from is not None:
+        os.environ[RESOLVED_ENV] = str(settings.resolved_from)  # as Jupyter's extension finds it
     findings = [Finding("configuration", True, settings.source), check_extension_installed(), check_named_server_entry()]
     token_finding, token = check_token(settings)
     findings.append(token_finding)

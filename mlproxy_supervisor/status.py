@@ -6,42 +6,31 @@ until ready: what scripts use instead of `sleep 3`.
 
 from __future__ import annotations
 
-import json
 import time
-from datetime import UTC, datetime
 
-from .agent import report
 from .config import Settings
 from .rpc import Supervisor, SupervisorUnavailable
+from .status_document import ProbeReport, StatusDocument, age
 
 EXIT_CODES = {"ready": 0, "starting": 1, "degraded": 1, "down": 2}
 STALE_AFTER = 10.0  # seconds; the agent rewrites the document at least every 2 s
 
 
-def _age(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    moment = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return time.time() - moment.timestamp()
-
-
-def current_status(settings: Settings) -> dict:
+def current_status(settings: Settings) -> StatusDocument:
     """The status document, or a synthesized one when the stack or its agent is not reporting."""
     try:
-        supervisor_state = Supervisor(settings.socket_path, timeout=2).state()
+        Supervisor(settings.socket_path, timeout=2).state()
     except SupervisorUnavailable:
-        supervisor_state = None
-    document = report.read_status(settings.status_file)
-    if supervisor_state is None:
-        return {"overall": "down", "summary": "not running (no supervisord on " + str(settings.socket_path) + ")", "services": {}}
-    age = _age(document.get("updated")) if document else None
-    if document is None or age is None or age > STALE_AFTER:
+        return StatusDocument(overall="down", summary=f"not running (no supervisord on {settings.socket_path})")
+    document = StatusDocument.read(settings.status_file)
+    document_age = document.age if document else None
+    if document is None or document_age is None or document_age > STALE_AFTER:
         summary = "supervisord is running but the agent is not reporting"
-        if age is not None:
-            summary += f" (last report {age:.0f} s ago)"
-        previous = document or {"services": {}}
-        overall = "degraded" if previous.get("overall") in ("ready", "degraded") else "starting"
-        return {**previous, "overall": overall, "summary": summary}
+        if document_age is not None:
+            summary += f" (last report {document_age:.0f} s ago)"
+        previous = document or StatusDocument(overall="starting", summary=summary)
+        overall = "degraded" if previous.overall in ("ready", "degraded") else "starting"
+        return previous.model_copy(update={"overall": overall, "summary": summary})
     return document
 
 
@@ -54,40 +43,40 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _probe_text(probe: dict | None) -> str:
-    if not probe:
+def _probe_text(probe: ProbeReport | None) -> str:
+    if probe is None:
         return "-"
-    outcome = "ok" if probe["ok"] else "FAILED"
-    age = _age(probe.get("at"))
-    when = f", {_duration(age)} ago" if age is not None else ""
-    return f"{probe['kind']} {outcome} {probe['latency_ms']:.1f} ms{when}"
+    outcome = "ok" if probe.ok else "FAILED"
+    since = age(probe.at)
+    when = f", {_duration(since)} ago" if since is not None else ""
+    return f"{probe.kind} {outcome} {probe.latency_ms:.1f} ms{when}"
 
 
-def render_table(status: dict) -> str:
-    lines = [f"mlproxy: {status['overall']} - {status.get('summary', '')}"]
-    if status.get("urls"):
-        lines.append(f"MLflow: {status['urls']['mlflow']}  (also {status['urls']['proxy']})")
-    services = status.get("services") or {}
-    if services:
+def render_table(status: StatusDocument) -> str:
+    lines = [f"mlproxy: {status.overall} - {status.summary}"]
+    if status.urls:
+        lines.append(f"MLflow: {status.urls.mlflow}  (also {status.urls.proxy})")
+    if status.services:
         rows = [("SERVICE", "STATE", "PHASE", "PID", "UPTIME", "RESTARTS", "LAST PROBE")]
-        for name, service in services.items():
-            phase = "stopped by operator" if service.get("stopped_by_operator") else service["phase"]
+        for name, service in status.services.items():
+            phase = "stopped by operator" if service.stopped_by_operator else service.phase
             rows.append(
-                (name, service["state"], phase, str(service["pid"] or "-"), _duration(service["uptime_s"]),
-                 str(service["restarts"]), _probe_text(service.get("last_probe")))
-            )
-        route = status.get("route") or {}
-        rows.append(("route", "-", "ready" if route.get("ready") else "not ready", "-", "-", "-", _probe_text(route.get("last_probe"))))
+                (name, service.state, phase, str(service.pid or "-"), _duration(service.uptime_s),
+                 str(service.restarts), _probe_text(service.last_probe))
+            )  # fmt: skip
+        route = status.route
+        route_ready = route is not None and route.ready
+        rows.append(("route", "-", "ready" if route_ready else "not ready", "-", "-", "-", _probe_text(route.last_probe if route else None)))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         lines.append("")
         lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows]
-        for name, service in services.items():
-            error = service.get("last_error")
-            if error and (service["phase"] != "ready"):
-                lines.append(f"\n{name}: {error['message']} ({error.get('at')})")
-                lines += [f"    | {line}" for line in error.get("log_tail", [])[-8:]]
-        if route.get("last_error") and not route.get("ready"):
-            lines.append(f"\nroute: {route['last_error']}")
+        for name, service in status.services.items():
+            error = service.last_error
+            if error and service.phase != "ready":
+                lines.append(f"\n{name}: {error.message} ({error.at})")
+                lines += [f"    | {line}" for line in error.log_tail[-8:]]
+        if route is not None and route.last_error and not route.ready:
+            lines.append(f"\nroute: {route.last_error}")
     return "\n".join(lines)
 
 
@@ -95,8 +84,8 @@ def run(settings: Settings, as_json: bool, wait: bool, timeout: float) -> int:
     status = current_status(settings)
     if wait:
         deadline = time.monotonic() + timeout
-        while status["overall"] != "ready" and time.monotonic() < deadline:
+        while status.overall != "ready" and time.monotonic() < deadline:
             time.sleep(0.2)
             status = current_status(settings)
-    print(json.dumps(status, indent=2) if as_json else render_table(status))
-    return EXIT_CODES.get(status["overall"], 2)
+    print(status.to_json().rstrip() if as_json else render_table(status))
+    return EXIT_CODES.get(status.overall, 2)

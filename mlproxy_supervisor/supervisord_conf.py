@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from . import launch
 from .config import Settings
 
 PROGRAMS = ("agent", "mlflow", "jupyter")
@@ -95,14 +94,12 @@ files = {_escape(programs_dir)}/*.conf
 
 
 def write_config(settings: Settings) -> Path:
-    """Write the main file, the programs and their launch files into the runtime directory;
-    return the main file."""
+    """Write the main file and the program files into the runtime directory; return the main file."""
     programs_dir = settings.programs_dir
     programs_dir.mkdir(mode=0o700, exist_ok=True)
     for stale in programs_dir.glob("*.conf"):
         stale.unlink()
     for name in programs(settings):
         (programs_dir / f"{name}.conf").write_text(render_program(name, settings))
-    launch.write_launch_files(settings)
     settings.supervisord_conf.write_text(render_main(settings, programs_dir))
     return settings.supervisord_conf

@@ -14,16 +14,20 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from . import credentials, preflight, procfs, supervisord_conf
-from .agent import report
-from .config import CONFIG_PATH_ENV, Settings
+from . import credentials, launch, preflight, procfs, supervisord_conf
+from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .rpc import Supervisor, SupervisorUnavailable
+from .status_document import StatusDocument
 
 PR_SET_CHILD_SUBREAPER = 36
 # Read here and never passed on: a JUPYTER_TOKEN given to `up` is stored in the token file,
 # which is the one source the programs read.
 CONSUMED_ENV = ("JUPYTER_TOKEN",)
+# An agent that runs but writes no status document for this long is stuck (it writes its first one
+# within a loop step, about a second); `up` then stops with the agent's last log lines.
+AGENT_SILENCE = 30.0
 ORPHAN_GRACE = 5.0  # seconds leftovers get between SIGTERM and SIGKILL after supervisord exited
 
 
@@ -105,6 +109,64 @@ def print_url(settings: Settings, token: str | None, seconds: float) -> None:
         say(f"ready in {seconds:.1f} s; open MLflow inside Jupyter at:\n\n    {base}/mlflow/?token={token}\n")
 
 
+class Progress:
+    """What `up` says while the stack comes up: one line per step, each failure's cause once."""
+
+    def __init__(self, settings: Settings, started: float):
+        self.settings = settings
+        self.started = started
+        self.done: set[str] = set()
+        self.causes: set[str] = set()
+        self.announced = False
+        self.silent_since: float | None = None
+
+    def step(self, what: str) -> None:
+        if what not in self.done:
+            self.done.add(what)
+            say(f"{what} ({time.monotonic() - self.started:.1f} s)")
+
+    def update(self, status: StatusDocument) -> bool:
+        """Report news; True the first time the stack is ready (time to print the URL)."""
+        self.silent_since = None
+        for name, service in status.services.items():
+            if service.phase == "ready":
+                self.step(f"{name} ready")
+            error = service.last_error
+            if service.phase == "failed" and error is not None and error.message not in self.causes:
+                self.causes.add(error.message)
+                retry = next(
+                    (e.detail for e in reversed(status.events) if e.service == name and e.event == "fatal"), ""
+                )
+                say(
+                    f"{name} failed: {retry or error.message} (the agent keeps retrying; `mlproxy status` shows its log)"
+                )
+        if status.overall == "ready" and not self.announced:
+            self.announced = True
+            return True
+        return False
+
+    def agent_silent(self) -> str | None:
+        """Why the agent never reported, once it is clear it will not: it died for good, or it
+        runs without writing the status document for AGENT_SILENCE seconds."""
+        try:
+            supervisor = Supervisor(self.settings.socket_path, timeout=2)
+            agent = supervisor.processes().get("agent")
+            tail = supervisor.tail("agent").strip().splitlines()[-10:] if agent else []
+        except SupervisorUnavailable:
+            return None
+        if agent is None:
+            return None
+        now = time.monotonic()
+        if agent.state not in ("FATAL", "BACKOFF", "EXITED"):
+            self.silent_since = self.silent_since or now
+            if now - self.silent_since < AGENT_SILENCE:
+                return None
+        elif agent.state == "BACKOFF":
+            return None  # supervisord retries it; FATAL follows if it keeps failing
+        last = "\n    | ".join(tail) or "(nothing in its log)"
+        return f"the health agent never reported (it is {agent.state}); its last log lines:\n    | {last}"
+
+
 def _should_print_token(token_generated: bool) -> bool:
     """The token goes to a terminal, or once to a container's log when it was just generated;
     never to systemd's journal (read `mlproxy url` there)."""
@@ -116,6 +178,24 @@ def _should_print_token(token_generated: bool) -> bool:
 # Everything the stack creates (state directory, mlflow.db, logs, artifacts) is its user's alone:
 # supervisord and every program inherit this from up.
 STACK_UMASK = 0o077
+
+
+def prepare_runtime(settings: Settings) -> Path:
+    """Resolve the configuration once, into the 0700 runtime directory: the resolved file (the
+    agent, Jupyter's extension and later CLI calls read it), the launch files, supervisord's
+    configuration. Returns supervisord's configuration file."""
+    write_resolved(settings)
+    settings.programs_dir.mkdir(mode=0o700, exist_ok=True)
+    launch.write_launch_files(settings)
+    return supervisord_conf.write_config(settings)
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The stack's environment: ours, minus what was resolved already (MLPROXY_*, the token),
+    plus where the resolved configuration is."""
+    env = {k: v for k, v in os.environ.items() if k not in CONSUMED_ENV and not k.upper().startswith(ENV_PREFIX)}
+    env[RESOLVED_ENV] = str(settings.resolved_file)
+    return env
 
 
 def run(settings: Settings) -> int:
@@ -135,10 +215,8 @@ def run(settings: Settings) -> int:
         print(f"mlproxy: cannot start: {error}", file=sys.stderr)
         return 1
     settings.status_file.unlink(missing_ok=True)  # a previous run's status is not this one's
-    conf = supervisord_conf.write_config(settings)
-    env = {k: v for k, v in os.environ.items() if k not in CONSUMED_ENV}
-    if settings.config_file is not None:
-        env[CONFIG_PATH_ENV] = str(settings.config_file)  # every child reads the same file
+    conf = prepare_runtime(settings)
+    env = child_environment(settings)
     if os.geteuid() == 0:
         say("running as root; on a server prefer `mlproxy install`, which runs the stack as user mlproxy")
 
@@ -150,6 +228,7 @@ def run(settings: Settings) -> int:
         start_new_session=True,  # Ctrl-C reaches us only; we ask supervisord to stop in order
     )
     stopping = False
+    failed = False
 
     def request_stop(signum, frame):
         nonlocal stopping
@@ -161,27 +240,31 @@ def run(settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, request_stop)
 
-    announced = False
-    last_overall = None
+    progress = Progress(settings, started)
     woken = False
     while supervisord.poll() is None:
         if not woken and not stopping:
             woken = wake_supervisord(settings)
+            if woken:
+                progress.step("supervisord answers")
             time.sleep(0.02)
             continue
         time.sleep(0.1)
         _reap(keep=supervisord.pid)
-        status = report.read_status(settings.status_file)
-        if not status or stopping:
+        if stopping:
             continue
-        overall = status.get("overall")
-        if overall == "ready" and not announced:
+        status = StatusDocument.read(settings.status_file)
+        if status is None:
+            silence = progress.agent_silent()
+            if silence is not None:
+                print(f"mlproxy: cannot start: {silence}", file=sys.stderr, flush=True)
+                request_stop(None, None)
+                failed = True
+            continue
+        if progress.update(status):
             print_url(settings, token if _should_print_token(token_generated) else None, time.monotonic() - started)
-            announced = True
-        elif overall == "down" and last_overall != "down":
-            say(f"{status.get('summary')} (see `mlproxy status`; the agent keeps retrying)")
-        last_overall = overall
     code = supervisord.returncode
     _kill_orphans()
+    settings.resolved_file.unlink(missing_ok=True)  # no running stack to describe any more
     say("stopped" if code == 0 else f"supervisord exited with status {code}")
-    return code
+    return 1 if failed and code == 0 else code

@@ -15,6 +15,7 @@ from dataclasses import replace
 from .. import credentials, procfs
 from ..config import Settings
 from ..rpc import ALIVE_STATES, STOPPED, Supervisor, SupervisorUnavailable
+from ..status_document import StatusDocument
 from . import metrics, reconcile, report
 from .notify import Notifier
 from .probes import Prober, free_space, process_activity, store_locations
@@ -41,21 +42,21 @@ def kill_group(pgid: int) -> None:
 
 def restore_memory(settings: Settings, supervisor_pid: int | None) -> Memory:
     """Carry counters over from the previous agent of the same supervisord, if any."""
-    previous = report.read_status(settings.status_file)
+    previous = StatusDocument.read(settings.status_file)
     memory = Memory()
-    if not previous or supervisor_pid is None or previous.get("supervisord", {}).get("pid") != supervisor_pid:
+    if previous is None or supervisor_pid is None or previous.supervisord is None or previous.supervisord.pid != supervisor_pid:
         return memory
     services = dict(memory.services)
-    for name in SERVICES:
-        old = previous.get("services", {}).get(name, {})
-        services[name] = replace(
-            services[name],
-            pid=old.get("pid", 0),
-            restarts=old.get("restarts", 0),
-            operator_stopped=old.get("stopped_by_operator", False),
-            restart_pending=old.get("restart_pending", False),
-        )
-    return replace(memory, services=services, ever_ready=previous.get("overall") in ("ready", "degraded"))
+    for name, old in previous.services.items():
+        if name in services:
+            services[name] = replace(
+                services[name],
+                pid=old.pid,
+                restarts=old.restarts,
+                operator_stopped=old.stopped_by_operator,
+                restart_pending=old.restart_pending,
+            )
+    return replace(memory, services=services, ever_ready=previous.overall in ("ready", "degraded"))
 
 
 class Agent:
@@ -120,11 +121,9 @@ class Agent:
 
     def report(self, memory: Memory, processes: dict, now: float) -> None:
         document = report.status_document(memory, processes, self.settings, self.events, self.supervisor_pid, time.time())
-        for name in SERVICES:
-            document["services"][name]["restart_pending"] = memory.services[name].restart_pending
-        comparable = report.news(document)
+        comparable = document.news()
         if comparable != self.last_document or now - self.last_write >= STATUS_REFRESH:
-            report.write_atomically(self.settings.status_file, document)
+            document.write(self.settings.status_file)
             self.last_document, self.last_write = comparable, now
         if self.metrics is not None:
             self.metrics.latest = (memory, processes)

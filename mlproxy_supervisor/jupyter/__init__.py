@@ -10,13 +10,14 @@ Two hooks, both loaded by any Jupyter server in this environment:
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from jupyter_server.utils import url_path_join
 from jupyter_server_proxy.handlers import AddSlashHandler
 from tornado import web
 from tornado.routing import HostMatches, Rule
 
-from ..config import ConfigError, load_settings
+from ..config import ConfigError, Settings, locate_stack
 from .proxy import MLflowProxyHandler
 from .routes import MLflowPortMatches
 
@@ -24,13 +25,20 @@ ICON = Path(__file__).with_name("mlflow.svg")
 ROUTE_NAME = "mlflow"
 
 
+def _stack_settings() -> Settings:
+    """The running stack's resolved configuration: under `mlproxy up`, the file named by
+    $MLPROXY_RESOLVED_CONFIG in Jupyter's environment. A Jupyter server started by hand in this
+    environment finds the stack as the `mlproxy` command does."""
+    return locate_stack()
+
+
 def _mlflow_port() -> int:
-    return load_settings().mlflow.port
+    return urlsplit(_stack_settings().mlflow_url).port
 
 
 def _proxy_options() -> dict:
     """The MLflow handler's limits (streaming: see proxy.py)."""
-    jupyter = load_settings().jupyter
+    jupyter = _stack_settings().jupyter
     return {"max_upload_size": jupyter.max_upload_size, "mlflow_timeout": jupyter.mlflow_timeout}
 
 
@@ -55,6 +63,8 @@ def mlflow_routes(base_url: str, port: int, options: dict | None = None) -> list
         (url_path_join(base_url, ROUTE_NAME, "(.*)"), MLflowProxyHandler, {"port": port, "proxy_base": ROUTE_NAME, **options}),
         (url_path_join(base_url, ROUTE_NAME), AddSlashHandler),
         (MLflowPortMatches(base_url, port, "serve"), MLflowProxyHandler, {"port": port, **options}),
+        # Without the slash MLflow's page loads but its relative asset URLs miss: redirect.
+        (MLflowPortMatches(base_url, port, "add-slash"), AddSlashHandler),
         (MLflowPortMatches(base_url, port, "refuse"), web.ErrorHandler, {"status_code": 403}),
     ]
 

@@ -24,8 +24,9 @@ def _decoded(group: str) -> str:
 
 
 def mlflow_target(path: str, base_url: str, port: int) -> tuple[str, bytes] | None:
-    """("serve", proxied path) for a local spelling of MLflow's port, ("refuse", b"") for a spelling
-    we do not serve (an absolute route, another host name on that port), None for any other path."""
+    """("serve", proxied path) for a local spelling of MLflow's port, ("add-slash", b"") for one with
+    nothing after the port, ("refuse", b"") for a spelling we do not serve (an absolute route,
+    another host name on that port), None for any other path."""
     if not path.startswith(base_url):
         return None
     match = _GENERIC.match(path, len(base_url))
@@ -36,6 +37,8 @@ def mlflow_target(path: str, base_url: str, port: int) -> tuple[str, bytes] | No
         # /proxy/absolute/ would send MLflow its own prefix; other names are refused rather
         # than guessed at (127.1, 0x7f.1 and localhost. resolve to the same loopback).
         return ("refuse", b"")
+    if not match["path"]:
+        return ("add-slash", b"")
     return ("serve", url_unescape(match["path"], encoding=None, plus=False))
 
 

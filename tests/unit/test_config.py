@@ -134,3 +134,29 @@ def test_readme_configuration_reference_is_current():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("<!-- config-reference:start -->\n")[1].split("\n<!-- config-reference:end -->")[0]
     assert section == reference_markdown(), "run scripts/sync-readme"
+
+
+def test_resolved_file_is_read_back_whatever_the_environment_says(monkeypatch, tmp_path):
+    from mlproxy_supervisor.config import RESOLVED_ENV, locate_stack, read_resolved, write_resolved
+
+    monkeypatch.setenv("MLPROXY_STATE_DIR", "reldata")  # relative: resolved against this directory, once
+    monkeypatch.setenv("MLPROXY_JUPYTER__PORT", "38888")
+    settings = load_settings()
+    assert settings.state_dir == tmp_path / "reldata"
+    assert "MLPROXY_JUPYTER__PORT" in settings.source and "built-in defaults" not in settings.source
+    path = write_resolved(settings)
+    assert path.stat().st_mode & 0o777 == 0o600
+
+    monkeypatch.chdir(tmp_path / "reldata")  # where supervisord starts its programs
+    monkeypatch.setenv("MLPROXY_JUPYTER__PORT", "8888")
+    monkeypatch.setenv("MLPROXY_STATE_DIR", "elsewhere")
+    again = read_resolved(path)
+    assert again.state_dir == tmp_path / "reldata" and again.jupyter.port == 38888
+    assert again.model_dump() == settings.model_dump()
+    monkeypatch.setenv(RESOLVED_ENV, str(path))
+    assert locate_stack().jupyter.port == 38888
+
+    monkeypatch.delenv(RESOLVED_ENV)
+    monkeypatch.setenv("MLPROXY_STATE_DIR", str(tmp_path / "reldata"))
+    found = locate_stack()  # another shell that names only the state directory
+    assert found.jupyter.port == 38888 and found.resolved_from == path

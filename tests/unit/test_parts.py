@@ -22,6 +22,7 @@ from mlproxy_supervisor.agent.reconcile import Memory, Phase, ProbeResult
 from mlproxy_supervisor.config import Settings
 from mlproxy_supervisor.jupyter.proxy import same_origin
 from mlproxy_supervisor.rpc import ProcessInfo
+from mlproxy_supervisor.status_document import StatusDocument
 
 
 @pytest.mark.parametrize(
@@ -191,15 +192,19 @@ def test_metrics_render_parses(tmp_path):
 def test_status_news_ignores_the_clock_but_not_a_change(tmp_path):
     settings = Settings(state_dir=tmp_path)
 
-    def document(now: float, latency: float, phase: Phase = Phase.READY, kind: str = "liveness") -> dict:
+    def document(now: float, latency: float, phase: Phase = Phase.READY, kind: str = "liveness"):
         probe = ProbeResult("mlflow", kind, True, latency, now, "", 1)
         services = {**Memory().services, "mlflow": replace(Memory().services["mlflow"], phase=phase, pid=1, last_probe=probe)}
         processes = {"mlflow": ProcessInfo("mlflow", "RUNNING", 1, 1.0, 0.0, now, 0, "")}
         return report.status_document(replace(Memory(), services=services), processes, settings, report.EventLog(), 7, now)
 
     # Seconds later only uptimes, timestamps and latencies differ: nothing worth a write at once.
-    assert report.news(document(100.0, 0.001)) == report.news(document(103.5, 0.004, kind="readiness"))
-    assert report.news(document(100.0, 0.001)) != report.news(document(100.0, 0.001, Phase.UNREADY))
+    assert document(100.0, 0.001).news() == document(103.5, 0.004, kind="readiness").news()
+    assert document(100.0, 0.001).news() != document(100.0, 0.001, Phase.UNREADY).news()
+    written = tmp_path / "status.json"
+    document(100.0, 0.001).write(written)
+    assert StatusDocument.read(written) == document(100.0, 0.001)  # read back through the same model
+    assert written.stat().st_mode & 0o777 == 0o600
 
 
 def test_notifier_sends_datagrams_and_watchdog_interval(tmp_path):

@@ -13,7 +13,6 @@ PORT = 5001
     ("path", "proxied"),
     [
         ("/proxy/5001/", b"/"),
-        ("/proxy/5001", b""),
         ("/proxy/05001/api/2.0/mlflow/experiments/search", b"/api/2.0/mlflow/experiments/search"),
         ("/proxy/0000005001/x", b"/x"),
         ("/proxy/localhost:5001/", b"/"),
@@ -28,6 +27,12 @@ PORT = 5001
 )
 def test_local_spellings_are_served(path, proxied):
     assert mlflow_target(path, "/", PORT) == ("serve", proxied)
+
+
+@pytest.mark.parametrize("path", ["/proxy/5001", "/proxy/05001", "/proxy/localhost:5001", "/proxy/%6cocalhost:5001"])
+def test_a_local_spelling_without_its_slash_gets_one(path):
+    """MLflow's page without the slash loads, but its relative asset URLs miss: redirect instead."""
+    assert mlflow_target(path, "/", PORT) == ("add-slash", b"")
 
 
 @pytest.mark.parametrize(

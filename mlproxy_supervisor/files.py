@@ -1,0 +1,22 @@
+"""Writing files that others read while we write them: atomically, private from the first byte."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_atomically(path: Path, content: str, mode: int = 0o600) -> None:
+    """Readers see the old content or the new, never a partial write; the file has `mode` from
+    its first byte (no window where a secret is readable by others)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(content)
+        os.chmod(temporary, mode)  # the umask may have narrowed it (0644 unit files)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
