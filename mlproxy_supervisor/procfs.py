@@ -56,8 +56,9 @@ def is_descendant(pid: int, ancestor: int, depth: int = 10) -> bool:
     return False
 
 
-def listening_pids(port: int) -> list[int]:
-    """Pids of processes listening on a TCP port."""
+def _tcp_socket_inodes(state: str, column: int, port: int) -> set[str]:
+    """Socket inodes in /proc/net/tcp{,6} in a TCP state ("0A" LISTEN, "01" ESTABLISHED) whose
+    local (column 1) or remote (column 2) address has this port."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -66,8 +67,14 @@ def listening_pids(port: int) -> list[int]:
             continue
         for line in lines:
             fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            if fields[3] == state and int(fields[column].rsplit(":", 1)[1], 16) == port:
                 inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def listening_pids(port: int) -> list[int]:
+    """Pids of processes listening on a TCP port."""
+    inodes = _tcp_socket_inodes("0A", 1, port)
     if not inodes:
         return []
     return [pid for pid in pids() if inodes & _open_files(pid)]
@@ -75,17 +82,7 @@ def listening_pids(port: int) -> list[int]:
 
 def connections_to(pid: int, port: int) -> int:
     """How many established TCP connections process pid holds to a local port (as a client)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
-                inodes.add(f"socket:[{fields[9]}]")
-    return len(inodes & _open_files(pid))
+    return len(_tcp_socket_inodes("01", 2, port) & _open_files(pid))
 
 
 def _open_files(pid: int) -> set[str]:
