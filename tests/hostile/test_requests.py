@@ -191,12 +191,19 @@ def test_huge_declared_body_is_refused_before_it_is_sent(target):
 def test_large_body_without_login_writes_nothing(target, endpoint):
     name = unique("bigbody")
     body = b"x" * (8 << 20)
-    if endpoint == "upload":
-        path = f"/mlflow/ajax-api/2.0/mlflow/upload-artifact?run_uuid={target.run_id}&path={name}"
-        answer = target.raw("POST", path, {"Content-Type": "text/plain"}, body)
+    # The handler refuses from the headers, before reading a byte of body (jupyter/proxy.py): a
+    # body this big is not drained first, so the client either reads the 403 or, still sending,
+    # meets the closed connection. Either way it is refused, and nothing may be written.
+    try:
+        if endpoint == "upload":
+            path = f"/mlflow/ajax-api/2.0/mlflow/upload-artifact?run_uuid={target.run_id}&path={name}"
+            answer = target.raw("POST", path, {"Content-Type": "text/plain"}, body)
+        else:
+            answer = target.raw("PUT", f"/mlflow/api/2.0/mlflow-artifacts/artifacts/{target.artifact_path(name)}", {}, body)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
     else:
-        answer = target.raw("PUT", f"/mlflow/api/2.0/mlflow-artifacts/artifacts/{target.artifact_path(name)}", {}, body)
-    assert answer.status == 403, answer.status
+        assert answer.status == 403, answer.status
     assert not target.files_named(name)
 
 
