@@ -26,6 +26,21 @@ def shared_stack(tmp_path_factory):
     assert not busy, f"ports {busy} still in use after the shared stack stopped"
 
 
+@pytest.fixture(scope="session")
+def playwright():
+    """One Playwright driver for the whole run: the browser and hostile tiers both drive chromium,
+    and a second sync_playwright() inside the first one's event loop is refused."""
+    from tests.browser.browser import CHROMIUM
+
+    if CHROMIUM is None:
+        # A skip is a failure when CI=true (below).
+        pytest.skip("no chromium on PATH: `apt-get install chromium` (Debian's package) to run the browser tiers")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        yield driver
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     counts = {key: len(terminalreporter.stats.get(key, [])) for key in ("passed", "failed", "error", "skipped")}
     terminalreporter.write_line(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.browser.browser import CHROMIUM, NETWORK_CHANGED, launch
+from tests.browser.browser import NETWORK_CHANGED, launch
 from tests.browser.tracking import DemoRun, make_demo_run
 
 
@@ -39,17 +39,6 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.when == "call":
         item.failed_call = report.failed
-
-
-@pytest.fixture(scope="session")
-def playwright():
-    if CHROMIUM is None:
-        # tests/conftest.py turns any skip into a failure when CI=true.
-        pytest.skip("no chromium on PATH: `apt-get install chromium` (Debian's package) to run the browser tier")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver:
-        yield driver
 
 
 @pytest.fixture

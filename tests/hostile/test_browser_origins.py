@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.browser.browser import CHROMIUM, launch, log_in
+from tests.browser.browser import launch, log_in
 from tests.hostile.conftest import ATTACKER_ORIGIN_PORT, ROUTE_NAMES, mlflow_routes, unique
 
 pytestmark = [pytest.mark.hostile, pytest.mark.browser]
@@ -75,12 +75,8 @@ class AttackerSite:
 
 
 @pytest.fixture(scope="module")
-def attack(target, tmp_path_factory):
+def attack(target, playwright, tmp_path_factory):
     """Every case run once from one logged-in chromium; what each left behind is checked per test."""
-    if CHROMIUM is None:
-        pytest.skip("no chromium on PATH: `apt-get install chromium` (CI=true turns this skip into a failure)")
-    from playwright.sync_api import sync_playwright
-
     victims = {}
     cases = []
     for route, endpoint_name, mode in CASES:
@@ -112,24 +108,23 @@ def attack(target, tmp_path_factory):
     site = AttackerSite()
     seen: dict[str, list[int]] = {}
     try:
-        with sync_playwright() as driver:
-            context = launch(driver, tmp_path_factory.mktemp("hostile-chromium"))
-            try:
-                page = context.new_page()
-                log_in(page, target.origin, target.token, "/mlflow/")
-                attacker = context.new_page()
+        context = launch(playwright, tmp_path_factory.mktemp("hostile-chromium"))
+        try:
+            page = context.new_page()
+            log_in(page, target.origin, target.token, "/mlflow/")
+            attacker = context.new_page()
 
-                def note(response):
-                    for case in cases:
-                        if f"case={case['id']}" in response.url:
-                            seen.setdefault(case["id"], []).append(response.status)
+            def note(response):
+                for case in cases:
+                    if f"case={case['id']}" in response.url:
+                        seen.setdefault(case["id"], []).append(response.status)
 
-                attacker.on("response", note)
-                attacker.goto(site.url)
-                results = attacker.evaluate("attack", cases)
-                page.wait_for_timeout(500)  # responses already arrived; let the events drain
-            finally:
-                context.close()
+            attacker.on("response", note)
+            attacker.goto(site.url)
+            results = attacker.evaluate("attack", cases)
+            page.wait_for_timeout(500)  # responses already arrived; let the events drain
+        finally:
+            context.close()
     finally:
         site.close()
     return {case["key"]: (case, results[case["id"]], seen.get(case["id"], []), victims.get(case["id"])) for case in cases}
