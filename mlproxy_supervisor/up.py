@@ -85,6 +85,20 @@ def _reap(keep: int | None = None) -> None:
             pass
 
 
+def _end_adopted_orphans(supervisord_pid: int, ended: set[int]) -> None:
+    """A child of ours that is not supervisord was orphaned while the stack runs: a kernel whose
+    Jupyter was killed, typically. No server will ever reattach it, and a kernel orphaned while
+    it was still starting never notices (ipykernel then waits for PID 1 to adopt it): end it."""
+    for pid in procfs.children(os.getpid()):
+        if pid == supervisord_pid or pid in ended:
+            continue
+        ended.add(pid)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
 def wake_supervisord(settings: Settings) -> bool:
     """Talk to supervisord as soon as its socket answers; True once it has.
 
@@ -242,6 +256,8 @@ def run(settings: Settings) -> int:
 
     progress = Progress(settings, started)
     woken = False
+    ended_orphans: set[int] = set()
+    next_orphan_check = 0.0
     while supervisord.poll() is None:
         if not woken and not stopping:
             woken = wake_supervisord(settings)
@@ -253,6 +269,9 @@ def run(settings: Settings) -> int:
         _reap(keep=supervisord.pid)
         if stopping:
             continue
+        if time.monotonic() >= next_orphan_check:
+            _end_adopted_orphans(supervisord.pid, ended_orphans)
+            next_orphan_check = time.monotonic() + 1.0
         status = StatusDocument.read(settings.status_file)
         if status is None:
             silence = progress.agent_silent()
