@@ -9,6 +9,7 @@ Two hooks, both loaded by any Jupyter server in this environment:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ ICON = Path(__file__).with_name("mlflow.svg")
 ROUTE_NAME = "mlflow"
 
 
+@functools.cache  # read once per Jupyter server: the port, the limits and the launcher entry ask
 def _stack_settings() -> Settings:
     """The running stack's resolved configuration: under `mlproxy up`, the file named by
     $MLPROXY_RESOLVED_CONFIG in Jupyter's environment. A Jupyter server started by hand in this
