@@ -17,11 +17,12 @@ def binaries() -> Path | None:
 
 
 class Postgres:
-    """initdb + pg_ctl, trust auth on 127.0.0.1. As root it runs as the `postgres` user, in a
-    directory of its own under /tmp (pytest's temporary tree is private to root)."""
+    """initdb + pg_ctl, trust auth on 127.0.0.1, or with `password` scram-sha-256 for TCP clients
+    (user mlproxy). As root it runs as the `postgres` user, in a directory of its own under /tmp
+    (pytest's temporary tree is private to root)."""
 
-    def __init__(self, port: int):
-        self.directory, self.port = Path(tempfile.mkdtemp(prefix="mlproxy-pg-")), port
+    def __init__(self, port: int, password: str | None = None):
+        self.directory, self.port, self.password = Path(tempfile.mkdtemp(prefix="mlproxy-pg-")), port, password
         self.bin = binaries()
         if self.bin is None:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
@@ -29,13 +30,21 @@ class Postgres:
 
     def _run(self, *argv: str) -> subprocess.CompletedProcess:
         prefix = ["runuser", "-u", self.user, "--"] if self.user else []
-        return subprocess.run([*prefix, *argv], check=True, capture_output=True, text=True, cwd="/")
+        env = {**os.environ, "PGPASSWORD": self.password} if self.password else None
+        return subprocess.run([*prefix, *argv], check=True, capture_output=True, text=True, cwd="/", env=env)
 
     def init(self) -> Postgres:
         if self.user:
             entry = pwd.getpwnam(self.user)
             shutil.chown(self.directory, entry.pw_uid, entry.pw_gid)
-        self._run(str(self.bin / "initdb"), "-D", str(self.directory / "data"), "-A", "trust", "-U", "mlproxy")
+        auth = ["-A", "trust"]
+        if self.password:
+            password_file = self.directory / "password"
+            password_file.write_text(self.password + "\n")
+            if self.user:
+                shutil.chown(password_file, self.user)
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={password_file}"]
+        self._run(str(self.bin / "initdb"), "-D", str(self.directory / "data"), *auth, "-U", "mlproxy")
         return self
 
     @property
@@ -50,6 +59,10 @@ class Postgres:
 
     def create_database(self, name: str) -> None:
         self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlproxy", name)
+
+    def sql(self, statement: str) -> str:
+        return self._run(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlproxy", "-d", "postgres",
+                         "--no-psqlrc", "-At", "-v", "ON_ERROR_STOP=1", "-c", statement).stdout  # fmt: skip
 
     def stop_server(self) -> None:
         """Stop it if it runs (fast: open sessions are ended), keeping its data for a start()."""

@@ -1,0 +1,106 @@
+"""Dumping and restoring a PostgreSQL store with PostgreSQL's own tools (pg_dump, pg_restore, psql).
+
+pg_dump reads the whole database in one transaction, so the dump is one consistent snapshot
+while MLflow keeps writing. The password comes from the URI or the store's credential sources
+(credentials.store_secrets: the environment, mlflow.credentials_file, systemd credentials) and
+reaches the tools in a 0600 password file that lives only as long as the command: never argv,
+never printed. The tools get a libpq URI without it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from . import credentials
+from .config import Settings
+
+TIMEOUT = 6 * 3600  # seconds: a large store dumps for a long time; a hung server is the operator's call
+
+
+class PostgresError(Exception):
+    pass
+
+
+def is_postgres(uri: str) -> bool:
+    return uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def _connection(settings: Settings) -> tuple[str, str | None]:
+    """(libpq URI without the password, the password or None)."""
+    uri = settings.mlflow.backend_store_uri
+    try:
+        url = make_url(uri)
+    except ArgumentError:
+        raise PostgresError("mlflow.backend_store_uri is not a valid database URI") from None
+    secrets = credentials.store_secrets(dict(os.environ), settings.mlflow.credentials_file)
+    password = url.password or secrets.get("PGPASSWORD")
+    plain = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    return plain, password
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@contextmanager
+def _environment(password: str | None):
+    """The tools' environment: the password in a 0600 PGPASSFILE, removed afterwards."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGPASSFILE")}
+    if password is None:
+        yield env
+        return
+    with tempfile.TemporaryDirectory(prefix="mlproxy-pg-") as directory:  # 0700
+        passfile = Path(directory) / "pgpass"
+        descriptor = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(f"*:*:*:*:{_escape(password)}\n")
+        env["PGPASSFILE"] = str(passfile)
+        yield env
+
+
+def _run(settings: Settings, tool: str, *args: str) -> str:
+    if shutil.which(tool) is None:
+        raise PostgresError(f"{tool} is not installed: apt-get install postgresql-client (Debian), then run this again")
+    uri, password = _connection(settings)
+    with _environment(password) as env:
+        result = subprocess.run(
+            [tool, *args, f"--dbname={uri}"], env=env, check=False, capture_output=True, text=True, timeout=TIMEOUT
+        )
+    if result.returncode != 0:
+        message = result.stderr.strip()
+        if password:
+            message = message.replace(password, "***")
+        raise PostgresError(f"{tool} failed (exit {result.returncode}): {message[-2000:]}")
+    return result.stdout
+
+
+def dump(settings: Settings, target: Path) -> None:
+    """The database as one snapshot, in pg_dump's custom format (pg_restore reads it), 0600."""
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # pg_dump keeps the mode
+    _run(settings, "pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--file={target}")
+
+
+def restore(settings: Settings, source: Path) -> None:
+    """Replace the database's objects with the dump's, all or nothing (one transaction)."""
+    _run(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
+         "--single-transaction", "--exit-on-error", str(source))  # fmt: skip
+
+
+def schema_revision(settings: Settings) -> str | None:
+    """MLflow's alembic revision in the database, or None when it has none yet."""
+    query = "SELECT version_num FROM alembic_version"
+    try:
+        output = _run(settings, "psql", "--no-psqlrc", "--tuples-only", "--no-align", "--command", query)
+    except PostgresError as error:
+        if 'relation "alembic_version" does not exist' in str(error):
+            return None
+        raise
+    return output.strip() or None
