@@ -16,7 +16,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from . import credentials
@@ -33,17 +33,20 @@ def is_postgres(uri: str) -> bool:
     return uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
 
 
-def _connection(settings: Settings) -> tuple[str, str | None]:
-    """(libpq URI without the password, the password or None)."""
-    uri = settings.mlflow.backend_store_uri
+def connection(uri: str, credentials_file: str | None) -> tuple[str, str | None]:
+    """(libpq URI without any password, the password or None). The password may be in the URI
+    (user:password@ or ?password=), else in the store's credential sources."""
     try:
         url = make_url(uri)
     except ArgumentError:
         raise PostgresError("mlflow.backend_store_uri is not a valid database URI") from None
-    secrets = credentials.store_secrets(dict(os.environ), settings.mlflow.credentials_file)
-    password = url.password or secrets.get("PGPASSWORD")
-    plain = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
-    return plain, password
+    query = dict(url.query)
+    in_query = query.pop("password", None)
+    secrets = credentials.store_secrets(dict(os.environ), credentials_file)
+    password = url.password or (in_query if isinstance(in_query, str) else None) or secrets.get("PGPASSWORD")
+    # URL.set(password=None) keeps the password (None means "unchanged"): build a new one.
+    plain = URL.create("postgresql", url.username, None, url.host, url.port, url.database, query)
+    return plain.render_as_string(hide_password=False), password
 
 
 def _escape(value: str) -> str:
@@ -69,7 +72,7 @@ def _environment(password: str | None):
 def _run(settings: Settings, tool: str, *args: str) -> str:
     if shutil.which(tool) is None:
         raise PostgresError(f"{tool} is not installed: apt-get install postgresql-client (Debian), then run this again")
-    uri, password = _connection(settings)
+    uri, password = connection(settings.mlflow.backend_store_uri, settings.mlflow.credentials_file)
     with _environment(password) as env:
         result = subprocess.run(
             [tool, *args, f"--dbname={uri}"], env=env, check=False, capture_output=True, text=True, timeout=TIMEOUT
