@@ -5,6 +5,8 @@ docs/RELIABILITY.md and docs/images/recovery-by-fault-kind.png.
     python -m benchmarks.faults --faults 100 [--clients 3] [--seed N] [--port-offset N]
 
 Run from the repository root in mlproxy's environment (about 20 min on 2 cores for 100 faults).
+The stack runs under `mlproxy up`; kill -9 of supervisord and power cuts under systemd are in the
+system tier (tests/system/test_faults_under_systemd.py), as docs/RELIABILITY.md says.
 """
 
 from __future__ import annotations
