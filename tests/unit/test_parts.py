@@ -277,3 +277,32 @@ def test_agent_observes_supervisord_with_one_call_per_step(tmp_path):
     agent.supervisor = Fake()
     assert agent.observe() == ("RUNNING", {}) and agent.observe() == ("RUNNING", {})
     assert Fake.calls == ["getAllProcessInfo", "getPID", "getAllProcessInfo"]
+
+
+def test_status_shows_each_distinct_cause_once():
+    from mlproxy_supervisor import status
+    from mlproxy_supervisor.status_document import ErrorReport, ServiceReport, StatusDocument
+
+    cause = "psycopg.OperationalError: connection to server at db (10.0.0.9), port 5432 failed: Connection refused"
+    tail = ["INFO starting", cause, "INFO starting", cause, "INFO starting", cause]
+    failed = ErrorReport(message="exited 3 times: " + cause, log_tail=tail)
+    document = StatusDocument(overall="down", summary="down: mlflow failed", services={
+        "mlflow": ServiceReport(phase="failed", state="FATAL", last_error=failed),
+        "jupyter": ServiceReport(phase="failed", state="FATAL", last_error=failed),
+    })  # fmt: skip
+    table = status.render_table(document)
+    assert table.count(cause) == 2, table  # the message once, the log line once
+    assert f"    | {cause}  (3 times)" in table and "    | INFO starting  (3 times)" in table, table
+    assert status.distinct_lines(["a", "b", "a"]) == ["b", "a  (2 times)"]
+
+
+def test_a_missing_postgres_driver_hint_works_from_a_checkout(monkeypatch, tmp_path):
+    from mlproxy_supervisor import preflight
+    from mlproxy_supervisor.config import Settings
+
+    real = preflight.importlib.util.find_spec
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name: None if name == "psycopg" else real(name))
+    settings = Settings(state_dir=tmp_path, mlflow={"backend_store_uri": "postgresql://ml@db.internal/mlflow"})
+    [problem] = preflight.check_dependencies(settings)
+    assert "driver psycopg" in problem.what
+    assert problem.fix == "in your mlproxy checkout: pip install -c constraints.txt '.[postgres]'  (or pip install 'psycopg[binary]')"
