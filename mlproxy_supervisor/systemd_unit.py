@@ -19,13 +19,10 @@ from pathlib import Path
 
 from . import supervisord_conf
 from .agent import probes
-from .agent.loop import KILL_WAIT
-from .agent.notify import WATCHDOG_MIN_SPACING
 from .agent.reconcile import ROUTE
 from .config import Settings
 from .exits import EXIT_CONFIG
-from .rpc import RPC_TIMEOUT
-from .up import ORPHAN_GRACE
+from .timings import KILL_WAIT, ORPHAN_GRACE, RPC_TIMEOUT, WATCHDOG_MIN_SPACING
 
 NAME = "mlproxy"  # the unit, the system user and group, and the directories under /var/lib etc.
 USER = NAME

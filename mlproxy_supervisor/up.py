@@ -22,6 +22,7 @@ from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .exits import EXIT_CONFIG
 from .rpc import Supervisor, SupervisorUnavailable
 from .status_document import StatusDocument
+from .timings import ORPHAN_GRACE
 
 PR_SET_CHILD_SUBREAPER = 36
 # Read here and never passed on: a JUPYTER_TOKEN given to `up` is stored in the token file,
@@ -37,7 +38,6 @@ SOCKET_NOTE = (
     "supervisord's CRIT about 'running without any HTTP authentication checking' is expected: its "
     "socket {socket} is mode 0700, so only user {user} and root can use it"
 )
-ORPHAN_GRACE = 5.0  # seconds leftovers get between SIGTERM and SIGKILL after supervisord exited
 
 
 def say(message: str) -> None:
