@@ -15,6 +15,7 @@ every line:
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 
@@ -61,7 +62,12 @@ class Journal:
                 sys.stderr.flush()
 
 
+def _stop(signum, frame) -> None:
+    raise SystemExit(0)  # a requested stop: supervisord logs it as INFO, not "terminated by SIGTERM"
+
+
 def main(to_journal: bool = False) -> int:
+    signal.signal(signal.SIGTERM, _stop)
     journal = Journal() if to_journal else None
     pending: dict[str, str] = {}
     while True:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -183,3 +185,11 @@ def test_the_printed_fix_runs_as_the_services_user_under_systemd(monkeypatch):
     monkeypatch.setattr(preflight.os, "geteuid", lambda: 998)
     monkeypatch.setattr(preflight, "_user", lambda: "mlproxy")
     assert preflight._as_this_user() == "runuser -u mlproxy -- "
+
+
+def test_the_log_listener_ends_a_requested_stop_with_status_0():
+    listener = subprocess.Popen([sys.executable, "-m", "mlproxy_supervisor", "logs", "--journal"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert listener.stdout.readline() == b"READY\n"  # it waits for an event, as under supervisord
+    listener.send_signal(signal.SIGTERM)
+    assert listener.wait(60) == 0, listener.stderr.read()
