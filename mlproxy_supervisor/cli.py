@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from .config import RESOLVED_ENV, ConfigError, Settings, config_search_path, load_settings, locate_stack, read_resolved
-
-EXIT_CONFIG = 2
+from .exits import EXIT_CONFIG
 
 
 def _settings(args) -> Settings:
@@ -42,7 +41,7 @@ def cmd_agent(args) -> int:
 def cmd_logs(args) -> int:
     from .logforward import main
 
-    return main()
+    return main(to_journal=args.journal)
 
 
 def cmd_config(args) -> int:
@@ -203,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent = commands.add_parser("agent", parents=[common], help="(used by supervisord) the health agent")
     agent.set_defaults(func=cmd_agent)
 
-    logs = commands.add_parser("logs", help="(used by supervisord) copy program output to stdout")
+    logs = commands.add_parser("logs", help="(used by supervisord) copy program output to stdout or the journal")
+    logs.add_argument("--journal", action="store_true", help="to systemd's journal, tagged mlproxy-<program>")
     logs.set_defaults(func=cmd_logs)
     return parser
 

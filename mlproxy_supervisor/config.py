@@ -149,7 +149,7 @@ class MLflowSettings(_Section):
             )
         if (self.artifacts_destination or "").startswith("s3://") and importlib.util.find_spec("boto3") is None:
             raise ValueError(
-                f"artifacts_destination {self.artifacts_destination!r} needs boto3: pip install 'mlproxy[s3]'"
+                f"artifacts_destination {self.artifacts_destination!r} needs boto3: in your mlproxy checkout, pip install -c constraints.txt '.[s3]'"
             )
         return self
 
@@ -487,7 +487,7 @@ def _check_environment() -> None:
     if unknown:
         raise ConfigError(
             f"unknown environment variable(s) {', '.join(unknown)}; "
-            "run `mlproxy config show` to see the valid keys (MLPROXY_<SECTION>__<KEY>)"
+            "run `mlproxy config reference` to see the valid keys (MLPROXY_<SECTION>__<KEY>)"
         )
 
 
@@ -522,9 +522,12 @@ def load_settings(config_file: Path | None = None) -> Settings:
         lines = [f"invalid configuration{source} (environment MLPROXY_* overrides the file):"]
         for problem in error.errors():
             key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+            variable = ENV_PREFIX + "__".join(str(part) for part in problem["loc"]).upper()
+            if problem["loc"] and variable in os.environ:  # the value came from the environment: name that
+                key = variable
             message = problem["msg"].removeprefix("Value error, ")
             if problem["type"] == "extra_forbidden":
-                message = "unknown key; see `mlproxy config show` for the valid keys"
+                message = "unknown key; `mlproxy config reference` lists the valid keys"
             lines.append(f"  {key}: {message}{_given(problem, message)}")
         raise ConfigError("\n".join(lines)) from None
     settings._config_file = path.absolute() if path is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import importlib.util
 import os
+import socket
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 
 from . import credentials, preflight, procfs
 from .config import RESOLVED_ENV, ConfigError, Settings, locate_stack
+from .redact import redact_uri
 from .rpc import Supervisor, SupervisorUnavailable
 
 TIMEOUT = 5.0
@@ -84,6 +86,31 @@ def check_token(settings: Settings) -> tuple[Finding, str | None]:
         return Finding("token file", True, str(settings.jupyter.token_file)), credentials.read_token(settings.jupyter.token_file)
     except credentials.CredentialError as error:
         return Finding("token file", False, str(error), "run mlproxy as the user that owns the file (sudo), or delete it to generate a new token"), None
+
+
+# Where a database server listens unless its URI names a port (SQLAlchemy's dialect names).
+DATABASE_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
+
+
+def check_database(settings: Settings) -> list[Finding]:
+    """A store on a database server: can this machine reach it? Named (password masked), since
+    an unreachable database is what MLflow's failures then say only deep in its log."""
+    uri = settings.mlflow.backend_store_uri
+    parts = urlsplit(uri)
+    dialect = parts.scheme.split("+", 1)[0]
+    if dialect not in DATABASE_PORTS:
+        return []  # SQLite: the schema and directory checks cover it
+    shown = redact_uri(uri)
+    try:
+        host, port = parts.hostname or "localhost", parts.port or DATABASE_PORTS[dialect]
+    except ValueError as error:  # a port that is not a number
+        return [Finding("MLflow's database", False, f"{shown}: {error}", "fix mlflow.backend_store_uri")]
+    try:
+        socket.create_connection((host, port), timeout=TIMEOUT).close()
+    except OSError as error:
+        return [Finding("MLflow's database", False, f"cannot connect to {shown} ({host}:{port}): {error.strerror or error}",
+                        f"start the database server on {host}:{port}, or fix mlflow.backend_store_uri")]  # fmt: skip
+    return [Finding("MLflow's database", True, f"{host}:{port} accepts connections ({shown})")]
 
 
 def live_checks(settings: Settings, token: str | None) -> list[Finding]:
@@ -167,8 +194,9 @@ def diagnose(config_file: Path | None) -> list[Finding]:
         findings += [Finding("ready to start", False, problem.what, problem.fix) for problem in problems]
         if not problems:
             findings.append(Finding("ready to start", True, "ports free, dependencies present, schema current"))
-        return findings
+        return findings + check_database(settings)
     findings.append(Finding("stack running", True, f"supervisord pid {supervisor.pid()}"))
+    findings += check_database(settings)
     findings += _listeners_belong_to_stack(settings, supervisor)
     findings += live_checks(settings, token)
     return findings

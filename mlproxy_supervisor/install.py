@@ -18,13 +18,21 @@ import sysconfig
 import tomllib
 from pathlib import Path
 
-from . import systemd_unit
+from . import files, systemd_unit
 from .config import ConfigError, Settings, load_settings
 from .systemd_unit import CONFIG_DIR, CONFIG_FILE, LOG_DIR, NAME, RUNTIME_DIR, STATE_DIR, UNIT_PATH, USER
 
 # Hidden from the service by ProtectHome=yes: an installation there cannot run under the unit.
 HIDDEN_BY_PROTECT_HOME = (Path("/home"), Path("/root"), Path("/run/user"))
 PATH_LINK = Path("/usr/local/bin/mlproxy")
+# Plain `supervisorctl status` for root and the service user. supervisorctl looks for its file at
+# <dirname(dirname(argv[0]))>/etc/supervisord.conf first, then ../supervisord.conf, ./supervisord.conf,
+# /etc/supervisord.conf, /etc/supervisor/supervisord.conf (supervisor/options.py). So this
+# installation's <venv>/etc/supervisord.conf names the service's socket, and a two-line wrapper
+# on PATH execs the venv's supervisorctl by its real path (a symlink would make argv[0]
+# /usr/local/bin/..., and supervisorctl would look in /usr/local/etc). Debian's `supervisor`
+# package keeps its own supervisorctl and /etc/supervisor/: the wrapper is not put in front of it.
+SUPERVISORCTL_LINK = Path("/usr/local/bin/supervisorctl")
 
 DEFAULT_CONFIG = f"""\
 # mlproxy's configuration for the systemd service. Written once by `mlproxy install`, which never
@@ -228,6 +236,51 @@ def link_command() -> None:
     say(f"linked {PATH_LINK} -> {script}")
 
 
+def supervisorctl_paths() -> tuple[Path, Path]:
+    """This installation's supervisorctl and the file it finds first."""
+    prefix = Path(sysconfig.get_path("scripts")).parent
+    return prefix / "bin" / "supervisorctl", prefix / "etc" / "supervisord.conf"
+
+
+def supervisorctl_wrapper(supervisorctl: Path) -> str:
+    return f"#!/bin/sh\n# Written by `mlproxy install`: this installation's supervisorctl, for the {NAME} service.\nexec {supervisorctl} \"$@\"\n"
+
+
+def write_supervisorctl_config(settings: Settings) -> None:
+    """Let this installation's supervisorctl reach the service, whoever runs it, from anywhere."""
+    supervisorctl, config = supervisorctl_paths()
+    if not supervisorctl.exists():
+        return
+    text = (
+        f"; Written by `mlproxy install` from {CONFIG_FILE}: plain `supervisorctl` (this installation's)\n"
+        f"; talks to the {NAME} service. The socket is 0700: root and user {USER} may use it.\n"
+        f"[supervisorctl]\nserverurl=unix://{settings.socket_path}\n"
+    )
+    if not (config.exists() and config.read_text() == text):
+        config.parent.mkdir(mode=0o755, exist_ok=True)
+        files.write_atomically(config, text, mode=0o644)
+        say(f"wrote {config} (supervisorctl finds the service's socket there)")
+    wrapper = supervisorctl_wrapper(supervisorctl)
+    if SUPERVISORCTL_LINK.exists() and SUPERVISORCTL_LINK.read_text(errors="replace") == wrapper:
+        return
+    other = shutil.which("supervisorctl", path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    if SUPERVISORCTL_LINK.exists() or other is not None:
+        say(f"left {other or SUPERVISORCTL_LINK} alone (another supervisor's); for {NAME}: `mlproxy ctl status` or {supervisorctl} status")
+        return
+    files.write_atomically(SUPERVISORCTL_LINK, wrapper, mode=0o755)
+    say(f"wrote {SUPERVISORCTL_LINK} (runs {supervisorctl}: `supervisorctl status` shows {NAME}'s programs)")
+
+
+def remove_supervisorctl_config() -> None:
+    supervisorctl, config = supervisorctl_paths()
+    if SUPERVISORCTL_LINK.exists() and SUPERVISORCTL_LINK.read_text(errors="replace") == supervisorctl_wrapper(supervisorctl):
+        SUPERVISORCTL_LINK.unlink()
+        say(f"removed {SUPERVISORCTL_LINK}")
+    if config.exists():
+        config.unlink()
+        say(f"removed {config}")
+
+
 def systemctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(["systemctl", *args], check=False, capture_output=True, text=True)
     if check and result.returncode != 0:
@@ -258,6 +311,7 @@ def install(enable: bool, now: bool) -> int:
             ensure_directory(path, user, 0o750)
     changed = write_unit(settings)
     link_command()
+    write_supervisorctl_config(settings)
     systemctl("daemon-reload")
     if enable:
         if systemctl("is-enabled", "--quiet", NAME, check=False).returncode != 0:
@@ -299,6 +353,7 @@ def uninstall(purge: bool) -> int:
     if PATH_LINK.is_symlink() and PATH_LINK.resolve() == script.resolve():
         PATH_LINK.unlink()
         say(f"removed {PATH_LINK}")
+    remove_supervisorctl_config()
     data = [CONFIG_DIR, STATE_DIR, LOG_DIR]
     elsewhere: list[Path] = []
     if CONFIG_FILE.exists():

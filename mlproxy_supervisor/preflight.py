@@ -10,6 +10,7 @@ import errno
 import importlib.util
 import os
 import pwd
+import shlex
 import socket
 import sys
 import tempfile
@@ -35,12 +36,16 @@ DRIVER_MODULES = {
     "mysqldb": ("MySQLdb", "mysqlclient"),
     "pysqlite": ("sqlite3", "(part of Python)"),
 }
+POSTGRES_DRIVERS = ("psycopg", "psycopg2")  # what mlproxy's `postgres` extra provides (psycopg)
 
 
 @dataclass(frozen=True)
 class Problem:
     what: str
     fix: str
+    # True when the cause may go away by itself (a port still held by a process that is ending,
+    # another instance stopping): worth a retry. Otherwise a person must act (exits.EXIT_CONFIG).
+    may_pass: bool = False
 
     def __str__(self) -> str:
         return f"{self.what}\n    fix: {self.fix}"
@@ -51,6 +56,16 @@ def _user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:  # a uid with no passwd entry, e.g. `docker run --user 12345`
         return str(os.geteuid())
+
+
+def _as_this_user() -> str:
+    """The prefix that runs a printed command as the stack's user, for whoever reads it. Under
+    systemd that is an operator (often root) reading the journal: run as root, the command would
+    leave root-owned files in the service's data directory. runuser is util-linux, on every
+    Debian; sudo is not."""
+    if "INVOCATION_ID" in os.environ and os.geteuid() != 0:  # systemd sets it for every unit it runs
+        return f"runuser -u {_user()} -- "
+    return ""
 
 
 def check_dependencies(settings: Settings) -> list[Problem]:
@@ -65,9 +80,11 @@ def check_dependencies(settings: Settings) -> list[Problem]:
     if driver is not None:
         module, package = DRIVER_MODULES.get(driver, (driver, driver))
         if importlib.util.find_spec(module) is None:
+            fix = f"pip install {shlex.quote(package)}"
+            if driver in POSTGRES_DRIVERS:  # the tested version: the extra, with the pins, from a checkout
+                fix = f"in your mlproxy checkout: pip install -c constraints.txt '.[postgres]'  (or {fix})"
             problems.append(
-                Problem(f"mlflow.backend_store_uri needs the database driver {module}, which is not installed",
-                        f"pip install {package}  (or `pip install mlproxy[postgres]` for PostgreSQL)")
+                Problem(f"mlflow.backend_store_uri needs the database driver {module}, which is not installed", fix)
             )
     return problems
 
@@ -92,10 +109,14 @@ def _writable_directory(path: Path, key: str, mode: int = 0o755) -> Problem | No
         with tempfile.NamedTemporaryFile(dir=path, prefix=".mlproxy-write-test-"):
             pass
     except OSError as error:
-        return Problem(
-            f"{key} {path} is not writable by user {_user()}: {error.strerror}",
-            f"chown {_user()} {path} (or set {key} in the mlproxy config to a directory you own)",
-        )
+        elsewhere = f"set {key} in the mlproxy config to a directory you own"
+        if error.errno in (errno.ENOTDIR, errno.EEXIST):  # the path, or a parent, is a file
+            fix = f"move the file away, or {elsewhere}"
+        elif error.errno == errno.EROFS:
+            fix = f"{elsewhere}, on a writable file system"
+        else:
+            fix = f"chown {_user()} {path} (or {elsewhere})"
+        return Problem(f"{key} {path} is not writable by user {_user()}: {error.strerror}", fix)
     return None
 
 
@@ -112,7 +133,14 @@ def check_directories(settings: Settings) -> list[Problem]:
     database = schema.sqlite_database(settings.mlflow.backend_store_uri)
     if database is not None:
         directories.append((database.parent, "the directory of mlflow.backend_store_uri"))
-    problems = [p for path, key in directories if (p := _writable_directory(path, key))]
+    problems, unusable = [], []
+    for path, key in directories:
+        if any(path == bad or bad in path.parents for bad in unusable):
+            continue  # inside a directory already reported: one cause, one message
+        problem = _writable_directory(path, key)
+        if problem is not None:
+            problems.append(problem)
+            unusable.append(path)
     if problems:
         return problems  # the database may sit in a directory we cannot even look into
     settings.runtime_dir.chmod(0o700)  # the supervisord socket and the status live here
@@ -144,8 +172,9 @@ def port_problem(host: str, port: int, key: str) -> Problem | None:
                 return Problem(
                     f"port {port} ({key}) on {host} is already in use by {describe_port_owner(port)}",
                     f"stop that process, or set {key} to a free port",
+                    may_pass=True,
                 )
-            return Problem(f"cannot bind {host}:{port} ({key}): {error.strerror}", f"set {key} to a usable port")
+            return Problem(f"cannot bind {host}:{port} ({key}): {error.strerror}", f"set {key} to a usable port", may_pass=True)
     return None
 
 
@@ -170,7 +199,8 @@ def check_not_running(settings: Settings) -> list[Problem]:
         return []
     return [
         Problem(f"mlproxy is already running (supervisord socket {settings.socket_path})",
-                "use `mlproxy status`, or stop it first (`mlproxy ctl shutdown` or `systemctl stop mlproxy`)")
+                "use `mlproxy status`, or stop it first (`mlproxy ctl shutdown` or `systemctl stop mlproxy`)",
+                may_pass=True)
     ]
 
 
@@ -185,7 +215,8 @@ def check_schema(settings: Settings) -> list[Problem]:
     if state is None or state.up_to_date:
         return []
     if state.newer_than_mlflow or settings.mlflow.schema_upgrade == "refuse":
-        return [Problem(schema.refusal(state, settings.mlflow.backend_store_uri), "see above; your data was not touched")]
+        refusal = schema.refusal(state, settings.mlflow.backend_store_uri, _as_this_user())
+        return [Problem(refusal, "see above; your data was not touched")]
     return []  # backup-and-upgrade: the launcher does it before MLflow starts (launch.py)
 
 

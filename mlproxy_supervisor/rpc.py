@@ -12,13 +12,15 @@ import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 
+from .timings import RPC_TIMEOUT
+
 # supervisord's process states (supervisor/states.py), by name.
 STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL, UNKNOWN = (
     "STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN",
 )  # fmt: skip
+STATES = (STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL, UNKNOWN)
 ALIVE_STATES = frozenset({STARTING, RUNNING, STOPPING})
 SHUTDOWN_STATE_FAULT = 6  # supervisor.xmlrpc.Faults.SHUTDOWN_STATE
-RPC_TIMEOUT = 3.0  # seconds one XML-RPC call may take before supervisord counts as unavailable
 
 
 class SupervisorUnavailable(Exception):

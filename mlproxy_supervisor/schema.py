@@ -117,7 +117,8 @@ def inspect_sqlite(database: Path) -> SchemaState | None:
     return SchemaState(database, rows[0][0] if rows else None, expected, known)
 
 
-def refusal(state: SchemaState, uri: str) -> str:
+def refusal(state: SchemaState, uri: str, run_as: str = "") -> str:
+    """run_as: a prefix such as `runuser -u mlproxy -- `, so the fix runs as the stack's user."""
     if state.newer_than_mlflow:
         return (
             f"the MLflow database {state.database} has schema revision {state.current}, which this "
@@ -127,7 +128,7 @@ def refusal(state: SchemaState, uri: str) -> str:
     return (
         f"the MLflow database {state.database} has an out-of-date schema (revision {state.current}, "
         f"this MLflow expects {state.expected}). Nothing was changed. Either back it up and upgrade:\n"
-        f"    cp {state.database} {state.database}.bak && {sys.executable} -m mlflow db upgrade {uri}\n"
+        f"    {run_as}cp {state.database} {state.database}.bak && {run_as}{sys.executable} -m mlflow db upgrade {uri}\n"
         'or let mlproxy do both: set schema_upgrade = "backup-and-upgrade" in [mlflow].'
     )
 

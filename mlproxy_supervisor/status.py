@@ -52,6 +52,17 @@ def _probe_text(probe: ProbeReport | None) -> str:
     return f"{probe.kind} {outcome} {probe.latency_ms:.1f} ms{when}"
 
 
+def distinct_lines(lines: list[str]) -> list[str]:
+    """Each distinct log line once, where it last appeared, counted: a program that failed nine
+    times the same way shows its cause once, not nine times."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line] = counts.get(line, 0) + 1
+    last = {line: index for index, line in enumerate(lines)}
+    ordered = sorted(counts, key=last.__getitem__)
+    return [line if counts[line] == 1 else f"{line}  ({counts[line]} times)" for line in ordered]
+
+
 def render_table(status: StatusDocument) -> str:
     lines = [f"mlproxy: {status.overall} - {status.summary}"]
     if status.urls:
@@ -70,11 +81,13 @@ def render_table(status: StatusDocument) -> str:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         lines.append("")
         lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows]
+        shown: set[str] = set()
         for name, service in status.services.items():
             error = service.last_error
-            if error and service.phase != "ready":
+            if error and service.phase != "ready" and error.message not in shown:
+                shown.add(error.message)
                 lines.append(f"\n{name}: {error.message} ({error.at})")
-                lines += [f"    | {line}" for line in error.log_tail[-8:]]
+                lines += [f"    | {line}" for line in distinct_lines(error.log_tail)[-8:]]
         if route is not None and route.last_error and not route.ready:
             lines.append(f"\nroute: {route.last_error}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from string import Template
 from .config import Settings
 
 PROGRAMS = ("agent", "mlflow", "jupyter")
-LOG_FORWARDER = "logs"  # stdout mode only
+LOG_FORWARDER = "logs"  # stdout and journal modes: copies every program's lines out
 LOG_MAXBYTES = "10MB"
 LOG_BACKUPS = 5
 
@@ -33,14 +33,24 @@ def _logging(settings: Settings) -> str:
         return logfile + "stdout_logfile_maxbytes=1MB\nstdout_logfile_backups=1\nstdout_events_enabled=true"
     logfile += f"stdout_logfile_maxbytes={LOG_MAXBYTES}\nstdout_logfile_backups={LOG_BACKUPS}"
     if settings.log_target == "journal":
-        # Under systemd, stdout is a socket that supervisord cannot open as /dev/stdout; its syslog
-        # copy goes to /dev/log, which journald files under the unit ("<program> <line>").
-        logfile += "\nstdout_syslog=true"
+        # The `logs` listener sends each line to the journal tagged with its program
+        # (journalctl -t mlproxy-mlflow); supervisord's own syslog copy would tag them all
+        # "supervisord.py".
+        logfile += "\nstdout_events_enabled=true"
     return logfile
 
 
+def _listener(settings: Settings) -> dict[str, str]:
+    """Where the `logs` listener sends program output, and where its own errors go."""
+    if settings.log_target == "journal":
+        # Under systemd stdout is a socket, which supervisord cannot open as /dev/stdout.
+        output = f"stderr_logfile={_escape(settings.log_dir)}/logs.log\nstderr_logfile_maxbytes=1MB\nstderr_logfile_backups=1"
+        return {"log_destination": "--journal", "listener_output": output}
+    return {"log_destination": "", "listener_output": "stderr_logfile=/dev/stdout\nstderr_logfile_maxbytes=0"}
+
+
 def programs(settings: Settings) -> tuple[str, ...]:
-    return PROGRAMS + ((LOG_FORWARDER,) if settings.log_target == "stdout" else ())
+    return PROGRAMS + ((LOG_FORWARDER,) if settings.log_target in ("stdout", "journal") else ())
 
 
 def program_template(name: str) -> str:
@@ -53,6 +63,7 @@ def render_program(name: str, settings: Settings) -> str:
         state_dir=_escape(settings.state_dir),
         programs_dir=_escape(shlex.quote(str(settings.programs_dir))),  # supervisord splits commands like a shell
         logging=_logging(settings),
+        **_listener(settings),
     )
 
 

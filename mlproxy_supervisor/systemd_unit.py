@@ -19,12 +19,10 @@ from pathlib import Path
 
 from . import supervisord_conf
 from .agent import probes
-from .agent.loop import KILL_WAIT
-from .agent.notify import WATCHDOG_MIN_SPACING
 from .agent.reconcile import ROUTE
 from .config import Settings
-from .rpc import RPC_TIMEOUT
-from .up import ORPHAN_GRACE
+from .exits import EXIT_CONFIG
+from .timings import KILL_WAIT, ORPHAN_GRACE, RPC_TIMEOUT, WATCHDOG_MIN_SPACING
 
 NAME = "mlproxy"  # the unit, the system user and group, and the directories under /var/lib etc.
 USER = NAME
@@ -43,7 +41,6 @@ STOP_MARGIN = 10  # s: supervisord's own bookkeeping between programs
 WATCHDOG_MARGIN = 15  # s: on top of the longest agent step, so slowness never looks like a freeze
 RESTART_SEC = 5
 START_LIMIT_BURST = 5
-EXIT_CONFIG = 2  # `mlproxy` exits 2 on a configuration error (cli.EXIT_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -184,7 +181,8 @@ KillMode=mixed
 WatchdogSec={t.watchdog}
 Restart=on-failure
 RestartSec={RESTART_SEC}
-# A configuration error: restarting cannot fix it.
+# A refusal that needs a person (configuration, database schema, packages, directories):
+# restarting cannot fix it, so the unit fails once and `systemctl status` shows why.
 RestartPreventExitStatus={EXIT_CONFIG}
 
 # Hardening: `systemd-analyze security {NAME}` scores this unit 1.5 (a default unit: 9.6).

@@ -17,9 +17,12 @@ import time
 from pathlib import Path
 
 from . import credentials, launch, preflight, procfs, supervisord_conf
+from .agent.notify import Notifier
 from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
+from .exits import EXIT_CONFIG
 from .rpc import Supervisor, SupervisorUnavailable
 from .status_document import StatusDocument
+from .timings import ORPHAN_GRACE
 
 PR_SET_CHILD_SUBREAPER = 36
 # Read here and never passed on: a JUPYTER_TOKEN given to `up` is stored in the token file,
@@ -28,7 +31,13 @@ CONSUMED_ENV = ("JUPYTER_TOKEN",)
 # An agent that runs but writes no status document for this long is stuck (it writes its first one
 # within a loop step, about a second); `up` then stops with the agent's last log lines.
 AGENT_SILENCE = 30.0
-ORPHAN_GRACE = 5.0  # seconds leftovers get between SIGTERM and SIGKILL after supervisord exited
+# supervisord logs "CRIT Server 'unix_http_server' running without any HTTP authentication
+# checking" whenever its socket has no password. Ours is protected by the file system instead
+# (0700 directory and socket): say so right after it, where an operator reads the CRIT.
+SOCKET_NOTE = (
+    "supervisord's CRIT about 'running without any HTTP authentication checking' is expected: its "
+    "socket {socket} is mode 0700, so only user {user} and root can use it"
+)
 
 
 def say(message: str) -> None:
@@ -113,6 +122,12 @@ def wake_supervisord(settings: Settings) -> bool:
     except SupervisorUnavailable:
         return False  # not listening yet
     return True
+
+
+def _ended(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
 
 
 def print_url(settings: Settings, token: str | None, seconds: float) -> None:
@@ -218,7 +233,8 @@ def run(settings: Settings) -> int:
     if problems:
         for problem in problems:
             print(f"mlproxy: cannot start: {problem}", file=sys.stderr)
-        return 1
+        # Only a cause that may pass by itself is worth systemd's restart; the rest need a person.
+        return 1 if all(problem.may_pass for problem in problems) else EXIT_CONFIG
     if settings.state_dir.stat().st_uid == os.geteuid():
         settings.state_dir.chmod(0o700)  # made before this umask (by hand, an older mlproxy): close it
     provided = os.environ.get("JUPYTER_TOKEN")
@@ -243,12 +259,16 @@ def run(settings: Settings) -> int:
     )
     stopping = False
     failed = False
+    # Under systemd, StatusText= is the agent's; what only `up` sees (a stop asked for,
+    # supervisord gone) it says itself, so the status is never a stale "ready".
+    notifier = Notifier()
 
     def request_stop(signum, frame):
         nonlocal stopping
         if not stopping:
             stopping = True
             say("stopping (Jupyter, then MLflow)...")
+            notifier.status("stopping: Jupyter, then MLflow")
             supervisord.send_signal(signal.SIGTERM)
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -263,6 +283,8 @@ def run(settings: Settings) -> int:
             woken = wake_supervisord(settings)
             if woken:
                 progress.step("supervisord answers")
+                if settings.log_target != "files":  # where supervisord's log is shown to people
+                    say(SOCKET_NOTE.format(socket=settings.socket_path, user=preflight._user()))
             time.sleep(0.02)
             continue
         time.sleep(0.1)
@@ -283,7 +305,9 @@ def run(settings: Settings) -> int:
         if progress.update(status):
             print_url(settings, token if _should_print_token(token_generated) else None, time.monotonic() - started)
     code = supervisord.returncode
+    if not stopping:
+        notifier.status(f"down: supervisord {_ended(code)}; stopping what it left")
     _kill_orphans()
     settings.resolved_file.unlink(missing_ok=True)  # no running stack to describe any more
-    say("stopped" if code == 0 else f"supervisord exited with status {code}")
+    say("stopped" if code == 0 else f"supervisord {_ended(code)}")
     return 1 if failed and code == 0 else code

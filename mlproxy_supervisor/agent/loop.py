@@ -16,6 +16,7 @@ from .. import credentials, procfs
 from ..config import Settings
 from ..rpc import ALIVE_STATES, STOPPED, Supervisor, SupervisorUnavailable
 from ..status_document import StatusDocument
+from ..timings import KILL_WAIT
 from . import metrics, reconcile, report
 from .notify import Notifier
 from .probes import Prober, free_space, process_activity, store_locations
@@ -23,7 +24,6 @@ from .reconcile import SERVICES, Memory, Observation, Overall, Restart, Start
 
 IDLE_TICK = 1.0  # seconds between looks at supervisord when nothing is starting (probes wake it too)
 STATUS_REFRESH = 2.0  # rewrite the status document at least this often (freshness for readers)
-KILL_WAIT = 3.0  # seconds to wait for supervisord to reap a killed process group
 
 
 def log(message: str) -> None:

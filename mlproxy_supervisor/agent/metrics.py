@@ -1,63 +1,96 @@
-"""Prometheus metrics on a loopback port: up, readiness, probe latency, restarts, state."""
+"""Prometheus metrics on a loopback port: up, readiness, probe latency, restarts, state.
+
+A prometheus_client custom collector (prometheus_client comes with jupyter_server): the families
+are built from the agent's latest view when scraped, not at every loop step.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..rpc import ProcessInfo
-from .reconcile import SERVICES, Memory, Overall
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SUPERVISOR_STATES = ("STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
+from ..rpc import ALIVE_STATES, STATES, UNKNOWN, ProcessInfo
+from .reconcile import ROUTE, SERVICES, Memory, Overall
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def families(memory: Memory, processes: dict[str, ProcessInfo]) -> Iterator[Metric]:
+    def per_service(family, value) -> Metric:
+        for name in SERVICES:
+            family.add_metric([name], float(value(name)))
+        return family
+
+    yield per_service(
+        GaugeMetricFamily("mlproxy_up", "1 if supervisord reports the service's process alive.", labels=["service"]),
+        lambda n: n in processes and processes[n].state in ALIVE_STATES,
+    )
+    yield per_service(
+        GaugeMetricFamily("mlproxy_ready", "1 if the service passes its readiness probe.", labels=["service"]),
+        lambda n: memory.services[n].ready,
+    )
+    yield per_service(
+        CounterMetricFamily("mlproxy_restarts", "Times the service's process was replaced.", labels=["service"]),
+        lambda n: memory.services[n].restarts,
+    )
+    latency = GaugeMetricFamily("mlproxy_probe_latency_seconds", "Duration of the most recent probe.", labels=["service", "probe"])
+    for name, service in memory.services.items():
+        if service.last_probe is not None:
+            latency.add_metric([name, service.last_probe.kind], service.last_probe.latency)
+    if memory.route.last_probe is not None:
+        latency.add_metric([ROUTE, "readiness"], memory.route.last_probe.latency)
+    yield latency
+    states = GaugeMetricFamily("mlproxy_service_state", "supervisord state of the service (1 for the current one).", labels=["service", "state"])
+    for name in SERVICES:
+        current = processes[name].state if name in processes else UNKNOWN
+        for state in STATES:
+            states.add_metric([name, state], float(state == current))
+    yield states
+    yield GaugeMetricFamily("mlproxy_route_ready", "1 if MLflow answers through Jupyter (/mlflow/ and /proxy/<port>/).", value=float(memory.route.ready))
+    yield GaugeMetricFamily("mlproxy_stack_ready", "1 if the whole stack is ready.", value=float(memory.overall is Overall.READY))
+
+
+class StackCollector:
+    """Collects from the agent's latest view (replaced whole by the loop: no lock needed)."""
+
+    def __init__(self):
+        self.latest: tuple[Memory, dict[str, ProcessInfo]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        latest = self.latest
+        if latest is not None:
+            yield from families(*latest)
 
 
 def render(memory: Memory, processes: dict[str, ProcessInfo]) -> str:
-    lines: list[str] = []
-
-    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
-
-    def service_samples(value) -> list[tuple[str, float]]:
-        return [(f'{{service="{name}"}}', float(value(name))) for name in SERVICES]
-
-    alive = {name: processes.get(name) is not None and processes[name].state in ("RUNNING", "STARTING") for name in SERVICES}
-    family("mlproxy_up", "gauge", "1 if supervisord reports the service's process alive.", service_samples(lambda n: alive[n]))
-    family("mlproxy_ready", "gauge", "1 if the service passes its readiness probe.", service_samples(lambda n: memory.services[n].ready))
-    family("mlproxy_restarts_total", "counter", "Times the service's process was replaced.", service_samples(lambda n: memory.services[n].restarts))
-    latency = []
-    for name, mem in memory.services.items():
-        if mem.last_probe is not None:
-            latency.append((f'{{service="{name}",probe="{mem.last_probe.kind}"}}', mem.last_probe.latency))
-    if memory.route.last_probe is not None:
-        latency.append(('{service="route",probe="readiness"}', memory.route.last_probe.latency))
-    family("mlproxy_probe_latency_seconds", "gauge", "Duration of the most recent probe.", latency)
-    states = []
-    for name in SERVICES:
-        current = processes[name].state if name in processes else "UNKNOWN"
-        states.extend((f'{{service="{name}",state="{state}"}}', float(state == current)) for state in SUPERVISOR_STATES)
-    family("mlproxy_service_state", "gauge", "supervisord state of the service (1 for the current one).", states)
-    family("mlproxy_route_ready", "gauge", "1 if MLflow answers through Jupyter (/mlflow/ and /proxy/<port>/).", [("", float(memory.route.ready))])
-    family("mlproxy_stack_ready", "gauge", "1 if the whole stack is ready.", [("", float(memory.overall is Overall.READY))])
-    return "\n".join(lines) + "\n"
+    """The text a scrape returns for this view."""
+    collector = StackCollector()
+    collector.latest = (memory, processes)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry).decode()
 
 
 class MetricsServer:
-    """Serves the agent's latest view, rendered when scraped (not at every loop step)."""
+    """Serves /metrics on 127.0.0.1; the agent sets `latest` after each step."""
 
     def __init__(self, port: int):
-        self.latest: tuple[Memory, dict[str, ProcessInfo]] | None = None  # replaced whole: no lock
-        server = self
+        self._collector = StackCollector()
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self._collector)
+        registry = self._registry
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404)
                     return
-                latest = server.latest
-                body = (render(*latest) if latest else "# no data yet\n").encode()
+                body = generate_latest(registry)
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE)
                 self.send_header("Content-Length", str(len(body)))
@@ -70,6 +103,14 @@ class MetricsServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True).start()
+
+    @property
+    def latest(self) -> tuple[Memory, dict[str, ProcessInfo]] | None:
+        return self._collector.latest
+
+    @latest.setter
+    def latest(self, view: tuple[Memory, dict[str, ProcessInfo]]) -> None:
+        self._collector.latest = view
 
     def close(self) -> None:
         self._httpd.shutdown()

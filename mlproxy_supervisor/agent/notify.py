@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-# The agent pings after every loop step in which supervisord answered, but not more often than
-# this: so the gap between pings is one loop step, and WatchdogSec only has to cover the longest
-# step (mlproxy_supervisor/systemd_unit.py derives it), not twice that.
-WATCHDOG_MIN_SPACING = 1.0
+from ..timings import WATCHDOG_MIN_SPACING
 
 
 class Notifier:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mlproxy_supervisor.exits import EXIT_CONFIG
 from tests.container.conftest import measure
 from tests.container.engine import podman
 
@@ -80,7 +81,7 @@ def test_a_user_who_cannot_write_the_volume_is_told_how_to_fix_it(image, make_vo
     result = podman("run", "--rm", "--user", "12345:12345", "--volume", f"{make_volume()}:/var/lib/mlproxy", image.tag,
                     check=False, timeout=120)
     output = result.stdout + result.stderr
-    assert result.returncode == 1, output
+    assert result.returncode == EXIT_CONFIG, output  # a person must act: not worth a restart
     assert "Traceback" not in output, output
     assert "cannot start: state_dir /var/lib/mlproxy is not writable by user 12345" in output, output
     assert "fix: chown 12345 /var/lib/mlproxy" in output

@@ -39,6 +39,20 @@ def test_stopped_stack_with_a_port_conflict_and_a_bad_config(tmp_path):
     assert result.returncode == 1 and "jupyter.prot: unknown key" in result.stdout
 
 
+def test_an_unreachable_database_is_named(tmp_path):
+    with socket.socket() as closed:  # a port nothing listens on: bound, never listening
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        uri = f"postgresql+psycopg://ml:s3cret@127.0.0.1:{port}/mlflow"
+        stack = Stack(tmp_path / "state", **ports(27888, 27001, 27181), config=f'[mlflow]\nbackend_store_uri = "{uri}"\n')
+        result = stack.mlproxy("doctor")
+    assert result.returncode == 1
+    line = next(line for line in result.stdout.splitlines() if "MLflow's database" in line)
+    assert line.startswith("[FAIL]") and f"postgresql+psycopg://ml:***@127.0.0.1:{port}/mlflow" in line, result.stdout
+    assert "Connection refused" in line and "s3cret" not in result.stdout
+    assert f"start the database server on 127.0.0.1:{port}" in result.stdout
+
+
 @pytest.fixture()
 def bare_servers(tmp_path):
     """MLflow and Jupyter started by hand, the way people wire them without mlproxy; the test

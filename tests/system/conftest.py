@@ -55,6 +55,7 @@ def machine(tmp_path_factory, timings):
         wheelhouse: "/mnt/wheels",
         workdir / "build": "/mnt/build",
         ROOT / "tests" / "system": "/mnt/system",
+        ROOT / "tests" / "support": "/mnt/support",
     }
     box = harness.Container(rootfs, workdir / "container", f"mlproxy-{os.getpid()}", binds)
     started = time.monotonic()

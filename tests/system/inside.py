@@ -60,6 +60,10 @@ def log_runs(count: str) -> dict:
     return {"logged": ids}
 
 
+def experiment(name: str) -> dict:
+    return {"found": _client().get_experiment_by_name(name) is not None}
+
+
 def list_runs() -> dict:
     client = _client()
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -120,7 +124,7 @@ def processes() -> dict:
     return {"processes": found}
 
 
-COMMANDS = {"route": route, "log-runs": log_runs, "list-runs": list_runs, "kernel": kernel, "processes": processes}
+COMMANDS = {"route": route, "log-runs": log_runs, "list-runs": list_runs, "experiment": experiment, "kernel": kernel, "processes": processes}
 
 if __name__ == "__main__":
     print(json.dumps(COMMANDS[sys.argv[1]](*sys.argv[2:])))

@@ -190,17 +190,23 @@ def test_watchdog_reaches_the_agent(box):
 def test_operator_commands_as_root(box):
     # supervisord says RUNNING once a program has lived for its startsecs (up to 8 s), which on a
     # fast start can be after the route already works: give it that long.
-    running = {"agent": "RUNNING", "jupyter": "RUNNING", "mlflow": "RUNNING"}
+    # With the journal, the `logs` listener runs too (it tags each program's lines).
+    running = {"agent": "RUNNING", "jupyter": "RUNNING", "logs": "RUNNING", "mlflow": "RUNNING"}
 
     def listing():
         output = mlproxy(box, "ctl", "status").stdout
         return output if dict(re.findall(r"^(\w+)\s+(\w+)", output, re.M)) == running else None
 
-    wait_until(listing, timeout=15, what="`mlproxy ctl status` listing all three RUNNING", interval=0.5)
+    wait_until(listing, timeout=15, what="`mlproxy ctl status` listing every program RUNNING", interval=0.5)
     assert mlproxy(box, "status").returncode == 0
-    # The service user may use it too (the documented `sudo -u mlproxy mlproxy ctl status`).
-    as_mlproxy = box.run("setpriv", "--reuid=mlproxy", "--regid=mlproxy", "--init-groups", "mlproxy", "ctl", "status")
+    # The service user may use it too, as docs/install-vm.md says (runuser: a minimal Debian has no sudo).
+    as_mlproxy = box.run("runuser", "-u", "mlproxy", "--", "mlproxy", "ctl", "status")
     assert dict(re.findall(r"^(\w+)\s+(\w+)", as_mlproxy.stdout, re.M)) == running, as_mlproxy.stdout
+    # Plain `supervisorctl status`, as people type it on a VM, from any directory: this stack's programs.
+    for argv in (("sh", "-c", "cd /root && supervisorctl status"),
+                 ("runuser", "-u", "mlproxy", "--", "sh", "-c", "cd /tmp && supervisorctl status")):  # fmt: skip
+        plain = box.run(*argv, check=False)
+        assert dict(re.findall(r"^(\w+)\s+(\w+)", plain.stdout, re.M)) == running, (argv, plain)
     url = mlproxy(box, "url").stdout.strip()
     assert re.fullmatch(r"http://127\.0\.0\.1:8888/mlflow/\?token=[0-9a-f]{48}", url), url
     # The socket stays the service user's: 0700, and another user cannot connect.
@@ -295,6 +301,26 @@ def test_restart_keeps_every_run_logged_before_it(box, timings):
     assert not missing, f"{len(missing)} of {len(box.logged_runs)} runs lost: {sorted(missing)}"
 
 
+def test_kill_9_of_supervisord_is_said_at_once_and_systemd_restarts_the_service(box, timings):
+    before = show(box, "MainPID", "NRestarts")
+    assert status_text(box) == READY
+    started = time.monotonic()
+    os.kill(box.host_pid(program_pid(box, "supervisord")), signal.SIGKILL)
+    # Before the unit's main process changes, the status leaves "ready" and names the cause.
+    left = wait_until(lambda: (lambda now: now if now["StatusText"] != READY or now["MainPID"] != before["MainPID"] else None)(
+        show(box, "MainPID", "StatusText")), timeout=30, what="StatusText leaving ready", interval=0.05)  # fmt: skip
+    assert left["MainPID"] == before["MainPID"], left
+    assert left["StatusText"].startswith("down: supervisord was killed by SIGKILL"), left
+
+    def restarted():
+        now = show(box, "NRestarts", "StatusText")
+        return now if now["NRestarts"] != before["NRestarts"] and now["StatusText"] == READY else None
+
+    wait_until(restarted, timeout=TIMEOUTS.stop + TIMEOUTS.start + 30, what="the restarted service ready", interval=0.5)
+    timings.measure("kill -9 of supervisord to ready again", started)
+    assert inside(box, "route")["mlflow/health"]["status"] == 200
+
+
 def test_journal_shows_the_agents_transitions_and_each_servers_output(box):
     text = journal(box)
     expected = {
@@ -309,6 +335,16 @@ def test_journal_shows_the_agents_transitions_and_each_servers_output(box):
     }
     missing = [what for what, needle in expected.items() if needle not in text]
     assert not missing, f"journalctl -u mlproxy lacks {missing}:\n{text[-4000:]}"
+    # Each program's lines under its own tag, as `journalctl -t` finds them.
+    tagged = {"mlproxy-mlflow": "Uvicorn running on", "mlproxy-jupyter": "Jupyter Server", "mlproxy-agent": "status: " + READY}
+    for tag, needle in tagged.items():
+        lines = box.run("journalctl", "-t", tag, "-b", "--no-pager", "-o", "cat", timeout=60).stdout
+        assert needle in lines, f"journalctl -t {tag} lacks {needle!r}:\n{lines[-2000:]}"
+    untagged = box.run("journalctl", "-t", "supervisord.py", "-b", "--no-pager", "-o", "cat", timeout=60).stdout
+    assert "Uvicorn" not in untagged and "Jupyter Server" not in untagged, untagged[-2000:]
+    # supervisord's CRIT about its socket is explained right after it, every start.
+    crit = text.count("CRIT Server 'unix_http_server' running without any HTTP authentication checking")
+    assert crit >= 2 and text.count("its socket /run/mlproxy/supervisord.sock is mode 0700") == crit, text[-4000:]
     token = box.run("cat", "/var/lib/mlproxy/jupyter_token").stdout.strip()
     assert token not in box.run("journalctl", "-b", "--no-pager").stdout, "the token leaked into the journal"
 
@@ -329,6 +365,42 @@ def test_stop_leaves_no_process_of_the_stack(box, timings):
     assert "mlproxy: stopped" in stopped, stopped
     assert took < TIMEOUTS.stop
     assert box.run("test", "-e", "/run/mlproxy", check=False).returncode == 1  # RuntimeDirectory= removed
+
+
+def test_old_schema_fails_once_with_a_fix_that_runs_as_the_service_user(box, timings):
+    # A real database three migrations old, made by the service user as the old MLflow would have.
+    data = "/var/lib/mlproxy"
+    box.run("mv", f"{data}/mlflow.db", f"{data}/mlflow.db.current")
+    box.run("runuser", "-u", "mlproxy", "--", "/opt/mlproxy/bin/python", "/mnt/support/make_old_database.py", f"{data}/mlflow.db", "3")
+    before = show(box, "NRestarts")["NRestarts"]
+    mark = cursor(box)
+    try:
+        started = time.monotonic()
+        result = box.run("systemctl", "start", UNIT, check=False, timeout=TIMEOUTS.start + 30)
+        timings.measure("systemctl start refused (old schema)", started)
+        assert result.returncode != 0
+        # Failed once, with the status that needs a person, and no restart scheduled.
+        state = show(box, "ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts")
+        assert (state["ActiveState"], state["Result"], state["ExecMainStatus"]) == ("failed", "exit-code", "2"), state
+        time.sleep(2 * systemd_unit.RESTART_SEC)  # a restart would have begun by now
+        assert show(box, "ActiveState", "NRestarts") == {"ActiveState": "failed", "NRestarts": before}
+        shown = box.run("systemctl", "status", UNIT, "--no-pager", "-l", check=False).stdout
+        assert "out-of-date schema" in shown and "runuser -u mlproxy -- " in shown, shown
+        refused = journal(box, mark)
+        assert refused.count("out-of-date schema") == 1, refused
+        # The printed fix, run by root as printed, from root's home.
+        command = next(line for line in refused.splitlines() if "mlflow db upgrade" in line).split(": ", 1)[1].strip()
+        assert command.startswith("runuser -u mlproxy -- cp "), command
+        box.run("sh", "-c", f"cd /root && {command}", timeout=300)
+        owners = box.run("sh", "-c", f"stat -c '%U %n' {data}/mlflow.db*").stdout
+        assert "root" not in owners and f"mlproxy {data}/mlflow.db.bak" in owners, owners
+        box.run("systemctl", "start", UNIT, timeout=TIMEOUTS.start + 30)
+        assert status_text(box) == READY
+        assert inside(box, "experiment", "kept-through-upgrade")["found"], "the upgraded database lost its data"
+    finally:
+        box.run("systemctl", "stop", UNIT, timeout=TIMEOUTS.stop + 30)
+        box.run("systemctl", "reset-failed", UNIT, check=False)
+        box.run("sh", "-c", f"rm -f {data}/mlflow.db {data}/mlflow.db.bak && mv {data}/mlflow.db.current {data}/mlflow.db")
 
 
 def test_start_fails_when_the_route_never_works_within_the_timeout(box, timings):

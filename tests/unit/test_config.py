@@ -160,3 +160,19 @@ def test_resolved_file_is_read_back_whatever_the_environment_says(monkeypatch, t
     monkeypatch.setenv("MLPROXY_STATE_DIR", str(tmp_path / "reldata"))
     found = locate_stack()  # another shell that names only the state directory
     assert found.jupyter.port == 38888 and found.resolved_from == path
+
+
+def test_a_bad_value_from_the_environment_names_the_variable_and_quotes_the_value(monkeypatch):
+    monkeypatch.setenv("MLPROXY_JUPYTER__PORT", "abc")
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "MLPROXY_JUPYTER__PORT:" in str(refused.value) and "'abc'" in str(refused.value), refused.value
+
+
+def test_unknown_keys_point_to_the_reference_which_works(monkeypatch, tmp_path):
+    (tmp_path / "bad.toml").write_text("colour = 'blue'\n")
+    with pytest.raises(ConfigError, match=r"colour: unknown key; `mlproxy config reference` lists"):
+        load_settings(tmp_path / "bad.toml")
+    monkeypatch.setenv("MLPROXY_COLOUR", "blue")
+    with pytest.raises(ConfigError, match=r"MLPROXY_COLOUR; run `mlproxy config reference`"):
+        load_settings()

@@ -185,8 +185,13 @@ def test_expected_schema_revision_matches_mlflows_own():
 def test_metrics_render_parses(tmp_path):
     processes = {"mlflow": ProcessInfo("mlflow", "RUNNING", 1, 1.0, 0.0, 2.0, 0, "")}
     text = metrics.render(Memory(), processes)
-    families = {family.name for family in text_string_to_metric_families(text)}
+    parsed = list(text_string_to_metric_families(text))
+    families = {family.name for family in parsed}
     assert {"mlproxy_up", "mlproxy_ready", "mlproxy_restarts", "mlproxy_stack_ready", "mlproxy_service_state"} <= families
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in parsed for s in f.samples}
+    assert samples[("mlproxy_up", (("service", "mlflow"),))] == 1 and samples[("mlproxy_up", (("service", "jupyter"),))] == 0
+    assert samples[("mlproxy_service_state", (("service", "jupyter"), ("state", "UNKNOWN")))] == 1
+    assert samples[("mlproxy_restarts_total", (("service", "mlflow"),))] == 0
 
 
 def test_status_news_ignores_the_clock_but_not_a_change(tmp_path):
@@ -277,3 +282,32 @@ def test_agent_observes_supervisord_with_one_call_per_step(tmp_path):
     agent.supervisor = Fake()
     assert agent.observe() == ("RUNNING", {}) and agent.observe() == ("RUNNING", {})
     assert Fake.calls == ["getAllProcessInfo", "getPID", "getAllProcessInfo"]
+
+
+def test_status_shows_each_distinct_cause_once():
+    from mlproxy_supervisor import status
+    from mlproxy_supervisor.status_document import ErrorReport, ServiceReport, StatusDocument
+
+    cause = "psycopg.OperationalError: connection to server at db (10.0.0.9), port 5432 failed: Connection refused"
+    tail = ["INFO starting", cause, "INFO starting", cause, "INFO starting", cause]
+    failed = ErrorReport(message="exited 3 times: " + cause, log_tail=tail)
+    document = StatusDocument(overall="down", summary="down: mlflow failed", services={
+        "mlflow": ServiceReport(phase="failed", state="FATAL", last_error=failed),
+        "jupyter": ServiceReport(phase="failed", state="FATAL", last_error=failed),
+    })  # fmt: skip
+    table = status.render_table(document)
+    assert table.count(cause) == 2, table  # the message once, the log line once
+    assert f"    | {cause}  (3 times)" in table and "    | INFO starting  (3 times)" in table, table
+    assert status.distinct_lines(["a", "b", "a"]) == ["b", "a  (2 times)"]
+
+
+def test_a_missing_postgres_driver_hint_works_from_a_checkout(monkeypatch, tmp_path):
+    from mlproxy_supervisor import preflight
+    from mlproxy_supervisor.config import Settings
+
+    real = preflight.importlib.util.find_spec
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name: None if name == "psycopg" else real(name))
+    settings = Settings(state_dir=tmp_path, mlflow={"backend_store_uri": "postgresql://ml@db.internal/mlflow"})
+    [problem] = preflight.check_dependencies(settings)
+    assert "driver psycopg" in problem.what
+    assert problem.fix == "in your mlproxy checkout: pip install -c constraints.txt '.[postgres]'  (or pip install 'psycopg[binary]')"

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import tomllib
 
 import pytest
 
-from mlproxy_supervisor import install, supervisord_conf, systemd_unit
+from mlproxy_supervisor import install, logforward, preflight, supervisord_conf, systemd_unit
 from mlproxy_supervisor.agent.notify import Notifier
 from mlproxy_supervisor.config import Settings
+from mlproxy_supervisor.exits import EXIT_CONFIG
 from tests.stack import ROOT
 
 COMMITTED = ROOT / "systemd" / "mlproxy.service"
@@ -101,15 +105,39 @@ def test_directories_outside_the_units_own_are_made_writable():
     assert directive(unit, "WorkingDirectory") == ["/data/mlproxy"]
 
 
-def test_journal_log_target_keeps_files_and_copies_to_the_journal(tmp_path):
+def test_journal_log_target_keeps_files_and_copies_each_programs_lines_to_the_journal(tmp_path):
     config = settings(log_target="journal")
     program = supervisord_conf.render_program("mlflow", config)
     assert "stdout_logfile=/var/log/mlproxy/%(program_name)s.log" in program
-    assert "stdout_syslog=true" in program
+    # Not supervisord's syslog copy, which tags every line `supervisord.py`: the listener's.
+    assert "stdout_syslog" not in program and "stdout_events_enabled=true" in program
+    assert "logs" in supervisord_conf.programs(config)
+    listener = supervisord_conf.render_program("logs", config)
+    assert "mlproxy_supervisor logs --journal" in listener
+    assert "stderr_logfile=/var/log/mlproxy/logs.log" in listener and "/dev/stdout" not in listener
     assert "silent=false" in supervisord_conf.render_main(config, tmp_path)
     files = settings(log_target="files")
-    assert "stdout_syslog" not in supervisord_conf.render_program("mlflow", files)
+    assert "stdout_events_enabled" not in supervisord_conf.render_program("mlflow", files)
+    assert "logs" not in supervisord_conf.programs(files)
     assert "silent=true" in supervisord_conf.render_main(files, tmp_path)
+
+
+def test_journal_entries_carry_each_programs_identifier(tmp_path):
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = str(tmp_path / "journal.sock")
+    receiver.bind(address)
+    with receiver:
+        logforward.Journal(address).send("mlflow", ["INFO:     Uvicorn running on http://127.0.0.1:5001\r", "second"])
+        entries = [receiver.recv(65536).decode() for _ in range(2)]
+    assert entries[0] == (
+        "SYSLOG_IDENTIFIER=mlproxy-mlflow\nPRIORITY=6\nMESSAGE=INFO:     Uvicorn running on http://127.0.0.1:5001\n"
+    )
+    assert entries[1].endswith("MESSAGE=second\n")
+
+
+def test_journal_refusing_a_line_keeps_it_in_the_listeners_log(tmp_path, capsys):
+    logforward.Journal(str(tmp_path / "no-journal.sock")).send("jupyter", ["kept"])
+    assert "[jupyter] kept" in capsys.readouterr().err
 
 
 def test_log_target_defaults_to_the_journal_when_systemd_connects_it(monkeypatch):
@@ -142,3 +170,26 @@ def test_hardening_exposure_is_at_most_2():
     assert float(score) <= 2.0
     # The unit's own comment states the score; keep it true.
     assert f"scores this unit {score} " in COMMITTED.read_text(), f"update the score in the unit's comment to {score}"
+
+
+def test_a_refusal_that_needs_a_person_is_not_restarted():
+    unit = systemd_unit.render(settings())
+    assert directive(unit, "RestartPreventExitStatus") == [str(EXIT_CONFIG)]
+    assert directive(unit, "Restart") == ["on-failure"]
+
+
+def test_the_printed_fix_runs_as_the_services_user_under_systemd(monkeypatch):
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    assert preflight._as_this_user() == ""  # `mlproxy up` in a shell: its reader is this user
+    monkeypatch.setenv("INVOCATION_ID", "0123abcd")
+    monkeypatch.setattr(preflight.os, "geteuid", lambda: 998)
+    monkeypatch.setattr(preflight, "_user", lambda: "mlproxy")
+    assert preflight._as_this_user() == "runuser -u mlproxy -- "
+
+
+def test_the_log_listener_ends_a_requested_stop_with_status_0():
+    listener = subprocess.Popen([sys.executable, "-m", "mlproxy_supervisor", "logs", "--journal"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert listener.stdout.readline() == b"READY\n"  # it waits for an event, as under supervisord
+    listener.send_signal(signal.SIGTERM)
+    assert listener.wait(60) == 0, listener.stderr.read()
