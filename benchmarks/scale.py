@@ -139,8 +139,9 @@ def measure(setup: tuple[str, int], directory: Path, postgres: Postgres, seconds
         postgres.create_database(database)
         config += f'backend_store_uri = "{postgres.uri.rsplit("/", 1)[0]}/{database}"\n'
     ports = {name: port + port_offset for name, port in PORTS.items()}
-    stack = Stack(directory / f"{store}-{workers}" / "state", **ports, config=config).start(timeout=300)
-    try:
+    stack = Stack(directory / f"{store}-{workers}" / "state", **ports, config=config)
+    try:  # a stack that never gets ready is stopped too
+        stack.start(timeout=300)
         log(f"{store}, {workers} worker(s): ready")
         rows = []
         for clients in CONCURRENCY:
