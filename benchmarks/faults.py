@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.report import rewrite_between
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
 DOC = ROOT / "docs" / "RELIABILITY.md"
@@ -73,12 +75,6 @@ def plot(result: dict) -> None:
     figure.savefig(PLOT, dpi=110)
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text()
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faults", type=int, default=100)
@@ -106,7 +102,7 @@ def main() -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     command = f"python -m benchmarks.faults --faults {args.faults} --clients {args.clients} --seed {args.seed}"
-    write_doc(table(result, command))
+    rewrite_between(DOC, BEGIN, END, table(result, command))
     plot(result)
     print(f"{result['faults']} faults, {result['acknowledged']} acknowledged, {len(result['lost'])} lost, "
           f"{len(result['never_recovered'])} never recovered; see {DOC.relative_to(ROOT)}")

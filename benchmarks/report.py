@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable
+from pathlib import Path
 
 # The issue's targets.
 READY_FACTOR, READY_SLACK = 1.05, 0.3  # READY within 1.05 x bare ordered limit + 0.3 s
 MTTR_SLACK = 1.0  # MTTR within MLflow's warm start + 1 s
 HANG_SLACK = 1.0  # hang restart within the liveness budget + 1 s
 AGENT_RSS_MB, AGENT_CPU_PERCENT = 60.0, 1.0
+
+
+def rewrite_between(doc: Path, begin: str, end: str, text: str) -> None:
+    """Replace what lies between a document's two marker lines (the markers stay) with text."""
+    content = doc.read_text()
+    start, stop = content.index(begin) + len(begin), content.index(end)
+    doc.write_text(content[:start] + "\n" + text + "\n" + content[stop:])
 
 
 def stats(values: Iterable[float | None]) -> dict:

@@ -26,15 +26,19 @@ from pathlib import Path
 
 import requests
 
+from benchmarks.report import rewrite_between
 from tests.stack import Stack
 from tests.support.postgres import Postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PLOT = ROOT / "docs" / "images" / "scale-latency.png"
+DOC = ROOT / "docs" / "SCALING.md"
+BEGIN, END = "<!-- scale:begin (written by benchmarks/scale.py) -->", "<!-- scale:end -->"
 CONCURRENCY = (1, 4, 16, 64)
 SETUPS = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4))
 PORTS = dict(jupyter_port=62888, mlflow_port=62001, metrics_port=62181)
+POSTGRES_PORT = 62432
 
 
 def log(message: str) -> None:
@@ -127,15 +131,17 @@ def keepalive(stack: Stack, requests_per_case: int = 60) -> dict:
     return found
 
 
-def measure(setup: tuple[str, int], directory: Path, postgres: Postgres, seconds: float) -> dict:
+def measure(setup: tuple[str, int], directory: Path, postgres: Postgres, seconds: float, port_offset: int = 0) -> dict:
     store, workers = setup
     config = f"[mlflow]\nworkers = {workers}\n"  # SQLite: the default store in the state directory
     if store == "postgresql":  # a fresh database per setup, as the SQLite setup gets a fresh file
         database = f"bench_w{workers}"
         postgres.create_database(database)
         config += f'backend_store_uri = "{postgres.uri.rsplit("/", 1)[0]}/{database}"\n'
-    stack = Stack(directory / f"{store}-{workers}" / "state", **PORTS, config=config).start(timeout=300)
-    try:
+    ports = {name: port + port_offset for name, port in PORTS.items()}
+    stack = Stack(directory / f"{store}-{workers}" / "state", **ports, config=config)
+    try:  # a stack that never gets ready is stopped too
+        stack.start(timeout=300)
         log(f"{store}, {workers} worker(s): ready")
         rows = []
         for clients in CONCURRENCY:
@@ -218,18 +224,22 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20, help="load time per concurrency level")
+    parser.add_argument("--port-offset", type=int, default=0, help="shift the ports (62001-62888; negative offsets too)")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="mlproxy-scale-"))
-    postgres = Postgres(62432).init()
+    postgres = Postgres(POSTGRES_PORT + args.port_offset).init()
     postgres.start()
     try:
-        setups = [measure(setup, directory, postgres, args.seconds) for setup in SETUPS]
+        setups = [measure(setup, directory, postgres, args.seconds, args.port_offset) for setup in SETUPS]
     finally:
         postgres.stop()
     results = {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "seconds": args.seconds, "cores": os.cpu_count(), "setups": setups}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "scale.md").write_text(markdown(results))
+    text = markdown(results)
+    (RESULTS / "scale.md").write_text(text)
+    # docs/SCALING.md quotes the tables (its own heading stays).
+    rewrite_between(DOC, BEGIN, END, f"Run of {results['when']}. " + text.split("\n", 2)[2].rstrip())
     plot(results)
     log(f"wrote {RESULTS / 'scale.md'} and {PLOT}")
     return 0
