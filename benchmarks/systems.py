@@ -95,6 +95,7 @@ class Mlproxy:
         self.state_dir, self.ports = state_dir, ports
         self.env = mlproxy_env(state_dir, ports)
         self.settings = settings_for(self.env)
+        self.mlflow_socket = self.settings.mlflow_socket  # MLflow's own listener (None: its TCP port)
         self.output = state_dir.parent / f"{state_dir.name}.up.log"
         self.process: subprocess.Popen | None = None
         self.output_offset = 0
@@ -149,6 +150,7 @@ class Bare:
         self.state_dir, self.ports = state_dir, ports
         self.env = mlproxy_env(state_dir, ports)
         self.settings = settings_for(self.env)
+        self.mlflow_socket = self.settings.mlflow_socket  # MLflow's own listener (None: its TCP port)
         self.processes: list[subprocess.Popen] = []
         self.token: str | None = None
 
@@ -207,6 +209,7 @@ class OldRecipe:
     def __init__(self, directory: Path, ports: Ports, mlflow_args: tuple[str, ...] = (), mlflow_env: dict | None = None):
         self.directory, self.ports = directory, ports
         self.mlflow_args, self.mlflow_env = list(mlflow_args), dict(mlflow_env or {})
+        self.mlflow_socket = None  # `mlflow server` listens on its TCP port
         self.env = base_env()
         self.processes: list[subprocess.Popen] = []
         self.token = "benchmark-" + os.urandom(12).hex()
