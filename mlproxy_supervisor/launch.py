@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import stat
 import sys
 import uuid
@@ -44,6 +45,9 @@ MLFLOW_SERVER_ENV = {
     "boot_id": "_MLFLOW_SERVER_BOOT_ID",
     "in_job_executor": "_MLFLOW_IN_JOB_EXECUTOR",
 }
+# MLflow's unix socket reaches uvicorn (--fd) as this descriptor, bound by the launcher.
+MLFLOW_LISTEN_FD = 3
+LISTEN_BACKLOG = 2048  # uvicorn's default
 # mlflow_app.py serializes store initialization across workers with this lock file.
 STORE_LOCK_ENV = "_MLPROXY_STORE_LOCK"
 
@@ -107,9 +111,10 @@ def mlflow_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
 
 
 def _listen_options(settings: Settings) -> list[str]:
-    # The socket sits in the 0700 runtime directory: only the stack's user can connect to it.
+    # The socket (bound by the launcher, see listen_on_socket) sits in the 0700 runtime directory:
+    # only the stack's user can connect to it.
     if settings.mlflow_socket is not None:
-        return ["--uds", str(settings.mlflow_socket)]
+        return ["--fd", str(MLFLOW_LISTEN_FD)]
     return ["--host", settings.mlflow.host, "--port", str(settings.mlflow.port)]
 
 
@@ -201,10 +206,25 @@ def _upgrade(spec: dict, uri: str, database: Path, state: schema.SchemaState, en
     print(f"mlproxy: upgraded {database} from {state.current} to {state.expected}; backup at {backup}", flush=True)
 
 
-def remove_stale_socket(path: str) -> None:
-    """A socket file left by a killed MLflow: uvicorn with several workers refuses to bind over it."""
-    if path and os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+def listen_on_socket(path: str) -> None:
+    """Listen on MLflow's unix socket, mode 0600, as file descriptor MLFLOW_LISTEN_FD for uvicorn's
+    --fd. uvicorn's own --uds would make the socket 0666 (the 0700 directory would still guard it);
+    binding here also replaces the file a killed MLflow left, which several workers refuse to bind over."""
+    if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
         os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(previous)
+    listener.listen(LISTEN_BACKLOG)
+    fd = listener.detach()
+    if fd != MLFLOW_LISTEN_FD:
+        os.dup2(fd, MLFLOW_LISTEN_FD)  # inheritable: uvicorn gets it across exec
+        os.close(fd)
+    else:
+        os.set_inheritable(fd, True)
 
 
 def prepare_jupyter(spec: dict) -> str:
@@ -226,7 +246,8 @@ def exec_server(spec: dict) -> None:
                 env[MLFLOW_SERVER_ENV["boot_id"]] = uuid.uuid4().hex  # one per server start, as `mlflow server` does
             env.update(credentials.store_secrets(env, spec.get("credentials_file")))
             prepare_mlflow(spec, env)
-            remove_stale_socket(spec.get("unix_socket", ""))
+            if spec.get("unix_socket"):
+                listen_on_socket(spec["unix_socket"])
         else:
             for name in credentials.STORE_SECRETS:  # kernels and terminals have no use for them
                 env.pop(name, None)

@@ -157,6 +157,12 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             return web.HTTPError(401, f"the token is wrong: this MLflow is behind Jupyter's login and refused it; {where}")
         return web.HTTPError(401, f"no token: this MLflow is behind Jupyter's login; {where}")
 
+    def _request_summary(self) -> str:
+        """What tornado's log lines name the request by (e.g. beside a 401's reason): its URI with
+        Jupyter's credentials scrubbed, as Jupyter's own access log has it."""
+        uri = scrub.strip_url(self.request.uri, scrub.jupyter_token(self))
+        return f"{self.request.method} {uri} ({self.request.remote_ip})"
+
     def _refuse_foreign_origin(self) -> None:
         host = self.request.headers.get("Host", "")
         origin = self.request.headers.get("Origin")
@@ -280,6 +286,10 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
     def write_error(self, status_code: int, **kwargs) -> None:
         """Our own errors, as an API client or a browser wants them; the rest as Jupyter renders them."""
         if status_code not in ERROR_CODES:
+            if "Content-Length" in self.request.headers or "Transfer-Encoding" in self.request.headers:
+                # Jupyter's own refusals (403) from prepare(): tornado hangs up on the unread body,
+                # so tell the client not to reuse the connection (as below).
+                self.set_header("Connection", "close")
             return super().write_error(status_code, **kwargs)
         message = kwargs.get("message")
         if message is None and "exc_info" in kwargs:

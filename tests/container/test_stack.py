@@ -120,7 +120,7 @@ def test_program_logs_reach_podman_logs_once_each(stack):
     for what, pattern in [
         ("supervisord", r"INFO supervisord started with pid \d+"),
         ("agent", r"agent started \(pid \d+\)"),
-        ("MLflow", r"Uvicorn running on unix socket /\S+/mlflow\.sock"),
+        ("MLflow", r"Uvicorn running on socket /\S+/mlflow\.sock"),
         ("Jupyter", r"Jupyter Server [\d.]+ is running at"),
         ("mlproxy up", r"mlproxy: ready in [\d.]+ s"),
     ]:

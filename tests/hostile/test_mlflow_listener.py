@@ -72,7 +72,7 @@ def test_mlflow_holds_no_tcp_listener(target):
             assert probe.connect_ex((host, target.stack.mlflow_port)) != 0, f"{host}:{target.stack.mlflow_port} accepts connections"
     # What it does listen on: the socket, in the stack's private runtime directory.
     listening = target.stack.mlflow_socket
-    assert stat.S_ISSOCK(listening.stat().st_mode)
+    assert stat.S_ISSOCK(listening.stat().st_mode) and stat.S_IMODE(listening.stat().st_mode) == 0o600
     assert stat.S_IMODE(listening.parent.stat().st_mode) == 0o700 and listening.parent.stat().st_uid == os.getuid()
 
 

@@ -172,6 +172,23 @@ def test_unauthenticated_upload_is_refused_without_being_read(shared_stack):
     assert procfs.peak_rss(jupyter) - before <= GROWTH_LIMIT
 
 
+def test_browser_refusal_before_the_body_says_connection_close(shared_stack):
+    # Jupyter's own 403 (a browser's write, no login), answered before the 2 MB body is read:
+    # tornado then hangs up, so the answer must say so or a client reusing the connection is reset.
+    # (An MLflow API path, or an API client, would get our 401 instead: see test_route.py.)
+    client = raw_request(shared_stack, "POST", "mlflow/graphql", {"Accept": "text/html", "Content-Type": "text/plain", "Content-Length": str(2 * MB)})
+    client.settimeout(60)
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer and (chunk := client.recv(65536)):
+            answer += chunk
+    finally:
+        client.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 403 " in status_line, answer[:300]
+    assert b"connection: close" in rest.lower().split(b"\r\n\r\n")[0], answer[:500]
+
+
 def test_body_over_the_limit_names_the_setting(shared_stack):
     client = raw_request(
         shared_stack, "PUT", "mlflow/api/2.0/mlflow-artifacts/artifacts/0/too-big/x.bin",

@@ -117,15 +117,17 @@ def test_mlflow_launch_keeps_secrets_out_of_argv(tmp_path):
     argv, env = launch.mlflow_command(config)
     assert not any("s3cret" in arg for arg in argv)
     assert env[launch.MLFLOW_SERVER_ENV["backend_store"]].endswith("s3cret@db/mlflow")
-    # By default MLflow listens on a unix socket in the 0700 runtime directory, on no TCP port.
-    assert argv[argv.index("--uds") + 1] == str(tmp_path / "run" / "mlflow.sock")
+    # By default MLflow listens on a unix socket in the 0700 runtime directory (the launcher binds
+    # it and hands it over as a descriptor), on no TCP port.
+    assert argv[argv.index("--fd") + 1] == str(launch.MLFLOW_LISTEN_FD)
+    assert launch.launch_spec("mlflow", config)["unix_socket"] == str(tmp_path / "run" / "mlflow.sock")
     assert "--host" not in argv and "--port" not in argv
 
 
 def test_mlflow_on_tcp_when_configured_and_for_the_job_runner(tmp_path):
     config = Settings(state_dir=tmp_path, mlflow={"listen": "tcp", "port": 5011})
     argv, _ = launch.mlflow_command(config)
-    assert argv[argv.index("--host") + 1 : argv.index("--port") + 2] == ["127.0.0.1", "--port", "5011"] and "--uds" not in argv
+    assert argv[argv.index("--host") + 1 : argv.index("--port") + 2] == ["127.0.0.1", "--port", "5011"] and "--fd" not in argv
     assert config.mlflow_socket is None
     jobs = Settings(state_dir=tmp_path, mlflow={"listen": "tcp", "job_execution": True})
     assert launch.mlflow_command(jobs)[0][3] == "server"
