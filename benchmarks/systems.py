@@ -75,10 +75,10 @@ def settings_for(env: dict[str, str]) -> Settings:
         return load_settings()
 
 
-def _spawn(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+def _spawn(argv: list[str], env: dict[str, str], cwd: Path, log: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds)
 
 
 def _stop_groups(processes: list[subprocess.Popen]) -> None:
@@ -165,7 +165,15 @@ class Bare:
 
     def start_mlflow(self) -> subprocess.Popen:
         argv, extra = mlflow_command(self.settings)
-        process = _spawn(argv, {**self.env, **extra}, self.state_dir, self.settings.log_dir / "mlflow.log")
+        passed = ()
+        if self.mlflow_socket is not None:  # what the launcher does before exec: bind the socket for uvicorn's --fd
+            listener = launch.bind_mlflow_socket(str(self.mlflow_socket))
+            argv = [*argv]
+            argv[argv.index("--fd") + 1] = str(listener.fileno())
+            passed = (listener.fileno(),)
+        process = _spawn(argv, {**self.env, **extra}, self.state_dir, self.settings.log_dir / "mlflow.log", passed)
+        if passed:
+            listener.close()  # the child holds its own copy
         self.processes.append(process)
         return process
 

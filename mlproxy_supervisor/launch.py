@@ -206,10 +206,10 @@ def _upgrade(spec: dict, uri: str, database: Path, state: schema.SchemaState, en
     print(f"mlproxy: upgraded {database} from {state.current} to {state.expected}; backup at {backup}", flush=True)
 
 
-def listen_on_socket(path: str) -> None:
-    """Listen on MLflow's unix socket, mode 0600, as file descriptor MLFLOW_LISTEN_FD for uvicorn's
-    --fd. uvicorn's own --uds would make the socket 0666 (the 0700 directory would still guard it);
-    binding here also replaces the file a killed MLflow left, which several workers refuse to bind over."""
+def bind_mlflow_socket(path: str) -> socket.socket:
+    """MLflow's unix socket, mode 0600, listening, for uvicorn's --fd. uvicorn's own --uds would
+    make it 0666 (the 0700 directory would still guard it). A socket file a killed MLflow left is
+    replaced (several workers refuse to bind over it)."""
     if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -219,7 +219,12 @@ def listen_on_socket(path: str) -> None:
     finally:
         os.umask(previous)
     listener.listen(LISTEN_BACKLOG)
-    fd = listener.detach()
+    return listener
+
+
+def listen_on_socket(path: str) -> None:
+    """The launcher's side: MLflow's socket as file descriptor MLFLOW_LISTEN_FD, kept across exec."""
+    fd = bind_mlflow_socket(path).detach()
     if fd != MLFLOW_LISTEN_FD:
         os.dup2(fd, MLFLOW_LISTEN_FD)  # inheritable: uvicorn gets it across exec
         os.close(fd)
