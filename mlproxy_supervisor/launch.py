@@ -47,7 +47,6 @@ MLFLOW_SERVER_ENV = {
 }
 # MLflow's unix socket reaches uvicorn (--fd) as this descriptor, bound by the launcher.
 MLFLOW_LISTEN_FD = 3
-LISTEN_BACKLOG = 2048  # uvicorn's default
 # mlflow_app.py serializes store initialization across workers with this lock file.
 STORE_LOCK_ENV = "_MLPROXY_STORE_LOCK"
 
@@ -207,9 +206,11 @@ def _upgrade(spec: dict, uri: str, database: Path, state: schema.SchemaState, en
 
 
 def bind_mlflow_socket(path: str) -> socket.socket:
-    """MLflow's unix socket, mode 0600, listening, for uvicorn's --fd. uvicorn's own --uds would
-    make it 0666 (the 0700 directory would still guard it). A socket file a killed MLflow left is
-    replaced (several workers refuse to bind over it)."""
+    """MLflow's unix socket, mode 0600, bound but not listening, for uvicorn's --fd. uvicorn's own
+    --uds would make it 0666 (the 0700 directory would still guard it). A socket file a killed
+    MLflow left is replaced (several workers refuse to bind over it). uvicorn calls listen() once it
+    serves: until then connections are refused (Jupyter answers 503 and its page reloads), not
+    queued behind a start-up that may take a minute (they would time out as 504)."""
     if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -218,7 +219,6 @@ def bind_mlflow_socket(path: str) -> socket.socket:
         listener.bind(path)
     finally:
         os.umask(previous)
-    listener.listen(LISTEN_BACKLOG)
     return listener
 
 
