@@ -70,7 +70,7 @@ def bare_servers(tmp_path):
             try:
                 if requests.get(f"{settings.mlflow_url}/health", timeout=1).ok and requests.get(f"{settings.jupyter_local_url}/api", timeout=1).ok:
                     return settings, token
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy starting to answer within 1 s
                 pass
             time.sleep(0.2)
         raise AssertionError("bare servers did not come up")
