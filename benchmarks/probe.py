@@ -10,16 +10,20 @@ import http.client
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from mlproxy_supervisor.agent.probes import http_connection
 
 EXPERIMENTS = "/api/2.0/mlflow/experiments/search?max_results=1"
 POLL_INTERVAL = 0.05  # seconds between polls of anything measured
 
 
-def get(port: int, path: str, token: str | None = None, timeout: float = 2.0, expect: bytes = b"") -> bool:
+def get(port: int, path: str, token: str | None = None, timeout: float = 2.0, expect: bytes = b"", unix_socket: Path | None = None) -> bool:
+    """One GET to 127.0.0.1:port, or over unix_socket when given (then the port only names the Host)."""
     headers = {"Connection": "close", "User-Agent": "mlproxy-benchmark"}
     if token:
         headers["Authorization"] = f"token {token}"
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    connection = http_connection(f"http://127.0.0.1:{port}/", unix_socket, timeout)
     try:
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
@@ -31,9 +35,10 @@ def get(port: int, path: str, token: str | None = None, timeout: float = 2.0, ex
     return response.status == 200 and body.startswith(expect)
 
 
-def mlflow_ready(port: int, timeout: float = 2.0) -> bool:
-    """MLflow's readiness: a REST call that touches the backend store (as the agent's probe)."""
-    return get(port, EXPERIMENTS, timeout=timeout, expect=b"{")
+def mlflow_ready(port: int, timeout: float = 2.0, unix_socket: Path | None = None) -> bool:
+    """MLflow's readiness: a REST call that touches the backend store (as the agent's probe), on its
+    own listener: mlproxy's unix socket (settings.mlflow_socket), or the port."""
+    return get(port, EXPERIMENTS, timeout=timeout, expect=b"{", unix_socket=unix_socket)
 
 
 def route_ok(jupyter_port: int, mlflow_port: int, token: str | None, timeout: float = 5.0) -> bool:

@@ -89,7 +89,7 @@ def hang(stack: Mlproxy, token: str) -> dict:
     os.kill(pid, signal.SIGSTOP)
     try:
         # A stopped process cannot answer, so the first answer comes from its replacement.
-        answered = wait_until(lambda: mlflow_ready(stack.ports.mlflow, timeout=0.5), TIMEOUT)
+        answered = wait_until(lambda: mlflow_ready(stack.ports.mlflow, timeout=0.5, unix_socket=stack.mlflow_socket), TIMEOUT)
         if answered is None:
             raise RuntimeError(f"hung MLflow not replaced within {TIMEOUT:.0f} s; see {stack.settings.log_dir}")
         result = _recover(stack, token, pid, t0)
@@ -118,7 +118,7 @@ def warm_start(server, memory_after: float = 3.0) -> dict:
     try:
         t0 = time.monotonic()
         server.start_mlflow()
-        ready = wait_until(lambda: mlflow_ready(server.ports.mlflow), TIMEOUT)
+        ready = wait_until(lambda: mlflow_ready(server.ports.mlflow, unix_socket=server.mlflow_socket), TIMEOUT)
         conditions = {"load_before": load_before, **contention.finish()}
         if ready is not None:
             time.sleep(memory_after)

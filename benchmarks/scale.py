@@ -9,7 +9,7 @@ through Jupyter's route with the token for a fixed time; the client threads shar
 process and its 2 cores with the stack, so the absolute numbers are this machine's, and the
 comparison between stores and worker counts is the result. A second part measures one client's
 median request latency, keep-alive versus a new connection per request, over the route and on
-MLflow's own port, at 1 and 2 workers (the ~40 ms keep-alive penalty of uvicorn >= 2 workers).
+MLflow's own listener (its unix socket; its port with listen = "tcp"), at 1 and 2 workers (the ~40 ms keep-alive penalty of uvicorn >= 2 workers).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 import requests
 
 from benchmarks.report import rewrite_between
+from mlproxy_supervisor.agent.probes import http_connection
 from tests.stack import Stack
 from tests.support.postgres import Postgres
 
@@ -113,22 +114,44 @@ def load(stack: Stack, clients: int, seconds: float) -> dict:
 
 def keepalive(stack: Stack, requests_per_case: int = 60) -> dict:
     """Median latency of one GET, keep-alive versus a new connection each time, on two paths."""
-    paths = {
-        "route": (stack.url("mlflow/api/2.0/mlflow/experiments/search?max_results=1"), {"Authorization": f"token {stack.token}"}),
-        "mlflow_port": (f"http://127.0.0.1:{stack.mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1", {}),
-    }
     found = {}
-    for name, (url, headers) in paths.items():
-        for mode in ("keep_alive", "new_connection"):
-            session = requests.Session()
-            extra = {"Connection": "close"} if mode == "new_connection" else {}
-            times = []
-            for _ in range(requests_per_case + 5):
-                began = time.monotonic()
-                session.get(url, headers={**headers, **extra}, timeout=60).raise_for_status()
-                times.append(time.monotonic() - began)
-            found[f"{name}_{mode}_ms"] = round(statistics.median(times[5:]) * 1000, 1)  # 5 warm-up requests
+    route = stack.url("mlflow/api/2.0/mlflow/experiments/search?max_results=1")
+    settings = stack.settings  # MLflow's own listener as the stack resolved it: its unix socket, or its TCP port
+    for mode in ("keep_alive", "new_connection"):
+        found[f"route_{mode}_ms"] = _median_ms(_route_get(route, stack.token, mode), requests_per_case)
+        found[f"mlflow_direct_{mode}_ms"] = _median_ms(_direct_get(settings, mode), requests_per_case)
     return found
+
+
+def _route_get(url: str, token: str, mode: str):
+    session = requests.Session()
+    headers = {"Authorization": f"token {token}", **({"Connection": "close"} if mode == "new_connection" else {})}
+    return lambda: session.get(url, headers=headers, timeout=60).raise_for_status()
+
+
+def _direct_get(settings, mode: str):
+    connection = [http_connection(settings.mlflow_url, settings.mlflow_socket, 60)]
+
+    def get() -> None:
+        if mode == "new_connection":
+            connection[0].close()
+            connection[0] = http_connection(settings.mlflow_url, settings.mlflow_socket, 60)
+        connection[0].request("GET", "/api/2.0/mlflow/experiments/search?max_results=1")
+        response = connection[0].getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"MLflow answered {response.status}")
+
+    return get
+
+
+def _median_ms(request, count: int) -> float:
+    times = []
+    for _ in range(count + 5):
+        began = time.monotonic()
+        request()
+        times.append(time.monotonic() - began)
+    return round(statistics.median(times[5:]) * 1000, 1)  # 5 warm-up requests
 
 
 def measure(setup: tuple[str, int], directory: Path, postgres: Postgres, seconds: float, port_offset: int = 0) -> dict:
@@ -176,14 +199,14 @@ def markdown(results: dict) -> str:
         "",
         "One client, median of 60 GETs (`experiments/search`), keep-alive versus a new connection per request:",
         "",
-        "| store | workers | route keep-alive | route new connection | MLflow port keep-alive | MLflow port new connection |",
+        "| store | workers | route keep-alive | route new connection | MLflow direct keep-alive | MLflow direct new connection |",
         "|---|---|---|---|---|---|",
     ]
     for entry in results["setups"]:
         s = entry["single_client"]
         lines.append(
             f"| {entry['store']} | {entry['workers']} | {s['route_keep_alive_ms']} ms | {s['route_new_connection_ms']} ms | "
-            f"{s['mlflow_port_keep_alive_ms']} ms | {s['mlflow_port_new_connection_ms']} ms |"
+            f"{s['mlflow_direct_keep_alive_ms']} ms | {s['mlflow_direct_new_connection_ms']} ms |"
         )
     return "\n".join(lines) + "\n"
 

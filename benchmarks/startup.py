@@ -116,13 +116,15 @@ def _start_in_order(system: Bare | OldRecipe, ports: Ports, between) -> OrderedS
 
 
 def run_bare(state_dir: Path, ports: Ports) -> dict:
+    bare = Bare(state_dir, ports)
+
     def mlflow_ready_at() -> float:
-        at = wait_until(lambda: mlflow_ready(ports.mlflow), TIMEOUT)
+        at = wait_until(lambda: mlflow_ready(ports.mlflow, unix_socket=bare.mlflow_socket), TIMEOUT)
         if at is None:
             raise RuntimeError(f"bare MLflow not ready within {TIMEOUT:.0f} s; see {state_dir}/logs")
         return at
 
-    run = _start_in_order(Bare(state_dir, ports), ports, mlflow_ready_at)
+    run = _start_in_order(bare, ports, mlflow_ready_at)
     if run.route_at is None:
         raise RuntimeError(f"bare route not ready within {TIMEOUT:.0f} s; see {state_dir}/logs")
     return {

@@ -75,10 +75,10 @@ def settings_for(env: dict[str, str]) -> Settings:
         return load_settings()
 
 
-def _spawn(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+def _spawn(argv: list[str], env: dict[str, str], cwd: Path, log: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds)
 
 
 def _stop_groups(processes: list[subprocess.Popen]) -> None:
@@ -95,6 +95,7 @@ class Mlproxy:
         self.state_dir, self.ports = state_dir, ports
         self.env = mlproxy_env(state_dir, ports)
         self.settings = settings_for(self.env)
+        self.mlflow_socket = self.settings.mlflow_socket  # MLflow's own listener (None: its TCP port)
         self.output = state_dir.parent / f"{state_dir.name}.up.log"
         self.process: subprocess.Popen | None = None
         self.output_offset = 0
@@ -149,6 +150,7 @@ class Bare:
         self.state_dir, self.ports = state_dir, ports
         self.env = mlproxy_env(state_dir, ports)
         self.settings = settings_for(self.env)
+        self.mlflow_socket = self.settings.mlflow_socket  # MLflow's own listener (None: its TCP port)
         self.processes: list[subprocess.Popen] = []
         self.token: str | None = None
 
@@ -163,7 +165,15 @@ class Bare:
 
     def start_mlflow(self) -> subprocess.Popen:
         argv, extra = mlflow_command(self.settings)
-        process = _spawn(argv, {**self.env, **extra}, self.state_dir, self.settings.log_dir / "mlflow.log")
+        passed = ()
+        if self.mlflow_socket is not None:  # what the launcher does before exec: bind the socket for uvicorn's --fd
+            listener = launch.bind_mlflow_socket(str(self.mlflow_socket))
+            argv = [*argv]
+            argv[argv.index("--fd") + 1] = str(listener.fileno())
+            passed = (listener.fileno(),)
+        process = _spawn(argv, {**self.env, **extra}, self.state_dir, self.settings.log_dir / "mlflow.log", passed)
+        if passed:
+            listener.close()  # the child holds its own copy
         self.processes.append(process)
         return process
 
@@ -207,6 +217,7 @@ class OldRecipe:
     def __init__(self, directory: Path, ports: Ports, mlflow_args: tuple[str, ...] = (), mlflow_env: dict | None = None):
         self.directory, self.ports = directory, ports
         self.mlflow_args, self.mlflow_env = list(mlflow_args), dict(mlflow_env or {})
+        self.mlflow_socket = None  # `mlflow server` listens on its TCP port
         self.env = base_env()
         self.processes: list[subprocess.Popen] = []
         self.token = "benchmark-" + os.urandom(12).hex()

@@ -49,8 +49,16 @@ class _Section(BaseModel):
 
 
 class MLflowSettings(_Section):
-    host: str = Field("127.0.0.1", description="Loopback address MLflow binds to (loopback only).")
-    port: Port = Field(5001, description="MLflow's port on loopback.")
+    listen: Literal["socket", "tcp"] = Field(
+        "socket",
+        description="socket: MLflow listens only on a unix socket in the 0700 runtime directory, so nothing "
+        "but the stack's own user and Jupyter's login reaches it; tcp: on host:port on loopback, where every "
+        "local user and every page in a local browser reaches it with no login (docs/SECURITY.md).",
+    )
+    host: str = Field("127.0.0.1", description='Loopback address MLflow binds to with listen = "tcp" (loopback only).')
+    port: Port = Field(
+        5001, description='MLflow\'s port in the route /proxy/<port>/; with listen = "tcp" also the loopback port it listens on.'
+    )
     backend_store_uri: str | None = Field(
         None,
         description="SQLAlchemy URI of the tracking store (SQLite or PostgreSQL).",
@@ -146,6 +154,12 @@ class MLflowSettings(_Section):
                 f"workers = {self.workers} with a SQLite backend store: SQLite takes one writer at a time, "
                 "so several workers queue on its lock and fail with 'database is locked' under load. "
                 "Keep workers = 1, or move the store to PostgreSQL (docs/SCALING.md)"
+            )
+        if self.job_execution and self.listen == "socket":
+            raise ValueError(
+                "job_execution = true needs listen = \"tcp\": MLflow's job runner calls the server back on "
+                "http://host:port, which a unix socket does not serve. Set [mlflow] listen = \"tcp\" "
+                "(MLPROXY_MLFLOW__LISTEN=tcp), and read what it exposes in docs/SECURITY.md"
             )
         if (self.artifacts_destination or "").startswith("s3://") and importlib.util.find_spec("boto3") is None:
             raise ValueError(
@@ -333,11 +347,22 @@ class Settings(BaseSettings):
         return self.runtime_dir / "jupyter_token"
 
     @property
+    def mlflow_socket(self) -> Path | None:
+        """MLflow's unix socket (mlflow.listen = "socket"); None when it listens on TCP."""
+        return self.runtime_dir / "mlflow.sock" if self.mlflow.listen == "socket" else None
+
+    @property
     def mlflow_url(self) -> str:
-        """How to reach MLflow: the one address the probes, Jupyter's routes and the kernels'
-        MLFLOW_TRACKING_URI derive from."""
+        """How to reach MLflow, with mlflow_socket: the one address the probes, doctor and Jupyter's
+        routes derive from. With a socket, connect to mlflow_socket; this URL's host:port is then
+        only the Host MLflow is shown (nothing listens on that port)."""
         host = f"[{self.mlflow.host}]" if ":" in self.mlflow.host else self.mlflow.host
         return f"http://{host}:{self.mlflow.port}"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """MLflow through Jupyter's route, as kernels reach it (with the token in MLFLOW_TRACKING_TOKEN)."""
+        return f"{self.jupyter_local_url}/mlflow"
 
     @property
     def jupyter_local_url(self) -> str:

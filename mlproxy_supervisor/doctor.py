@@ -8,7 +8,6 @@ make sense without it (those `mlproxy up` makes before starting).
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import os
 import socket
@@ -18,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import credentials, preflight, procfs
+from .agent.probes import http_connection
 from .config import RESOLVED_ENV, ConfigError, Settings, locate_stack
 from .redact import redact_uri
 from .rpc import Supervisor, SupervisorUnavailable
@@ -38,10 +38,11 @@ class Finding:
         return text + (f"\n       fix: {self.fix}" if self.fix and not self.ok else "")
 
 
-def _get(url: str, token: str | None = None, headers: dict | None = None, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
+def _get(url: str, token: str | None = None, headers: dict | None = None, method: str = "GET", body: bytes | None = None,
+         unix_socket: Path | None = None) -> tuple[int, bytes]:  # fmt: skip
     """(status, body) or (0, error text) when nothing answers."""
     parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
+    connection = http_connection(url, unix_socket, TIMEOUT)
     all_headers = dict(headers or {})
     if token:
         all_headers["Authorization"] = f"token {token}"
@@ -116,12 +117,13 @@ def check_database(settings: Settings) -> list[Finding]:
 def live_checks(settings: Settings, token: str | None) -> list[Finding]:
     findings = []
     mlflow, jupyter, port = settings.mlflow_url, settings.jupyter_local_url, settings.mlflow.port
-    status, body = _get(f"{mlflow}/health")
+    where = f"unix socket {settings.mlflow_socket}" if settings.mlflow_socket else mlflow
+    status, body = _get(f"{mlflow}/health", unix_socket=settings.mlflow_socket)
     if status != 200:
-        findings.append(Finding("MLflow listening", False, f"{mlflow}/health: {status or body.decode()}",
+        findings.append(Finding("MLflow listening", False, f"{where}, /health: {status or body.decode()}",
                                 "see `mlproxy status` (last error and log lines) and the mlflow log"))
     else:
-        findings.append(Finding("MLflow listening", True, f"{mlflow} answers /health"))
+        findings.append(Finding("MLflow listening", True, f"{where} answers /health"))
     status, _ = _get(f"{jupyter}/api")
     if status != 200:
         findings.append(Finding("Jupyter listening", False, f"{jupyter}/api: {status or 'no answer'}", "see `mlproxy status` and the jupyter log"))
@@ -164,7 +166,8 @@ def live_checks(settings: Settings, token: str | None) -> list[Finding]:
 def _listeners_belong_to_stack(settings: Settings, supervisor: Supervisor) -> list[Finding]:
     processes = supervisor.processes()
     findings = []
-    for name, port in (("jupyter", settings.jupyter.port), ("mlflow", settings.mlflow.port)):
+    listeners = [("jupyter", settings.jupyter.port)] + ([("mlflow", settings.mlflow.port)] if settings.mlflow_socket is None else [])
+    for name, port in listeners:
         holders = procfs.listening_pids(port)
         ours = processes.get(name)
         if holders and ours and ours.pid not in holders and not any(procfs.is_descendant(pid, ours.pid) for pid in holders):

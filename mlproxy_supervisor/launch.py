@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
+import stat
 import sys
 import uuid
 from pathlib import Path
@@ -43,6 +45,8 @@ MLFLOW_SERVER_ENV = {
     "boot_id": "_MLFLOW_SERVER_BOOT_ID",
     "in_job_executor": "_MLFLOW_IN_JOB_EXECUTOR",
 }
+# MLflow's unix socket reaches uvicorn (--fd) as this descriptor, bound by the launcher.
+MLFLOW_LISTEN_FD = 3
 # mlflow_app.py serializes store initialization across workers with this lock file.
 STORE_LOCK_ENV = "_MLPROXY_STORE_LOCK"
 
@@ -65,7 +69,9 @@ def mlflow_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     }
     if mlflow.job_execution:
         # The job runner lives in `mlflow server`'s own process, so use the CLI. Its uvicorn
-        # child outlives a kill -9 of that parent; the agent reaps such leftovers.
+        # child outlives a kill -9 of that parent; the agent reaps such leftovers. The runner
+        # calls the server back on host:port, so this mode listens on TCP (config.py refuses
+        # listen = "socket" with it).
         argv = [
             sys.executable, "-m", "mlflow", "server",
             "--host", mlflow.host, "--port", str(mlflow.port),
@@ -83,7 +89,7 @@ def mlflow_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     argv = [
         sys.executable, "-m", "uvicorn",
         "--log-config", _package_file("mlflow", "server", "uvicorn_log_config.yaml"),
-        "--host", mlflow.host, "--port", str(mlflow.port),
+        *_listen_options(settings),
         "--workers", str(mlflow.workers),
         "mlproxy_supervisor.mlflow_app:app",
     ]  # fmt: skip
@@ -101,6 +107,14 @@ def mlflow_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
         "MLFLOW_ENABLE_WORKSPACES": "false",
     }
     return argv, {**common_env, **env, **_s3_env(settings)}
+
+
+def _listen_options(settings: Settings) -> list[str]:
+    # The socket (bound by the launcher, see listen_on_socket) sits in the 0700 runtime directory:
+    # only the stack's user can connect to it.
+    if settings.mlflow_socket is not None:
+        return ["--fd", str(MLFLOW_LISTEN_FD)]
+    return ["--host", settings.mlflow.host, "--port", str(settings.mlflow.port)]
 
 
 def _s3_env(settings: Settings) -> dict[str, str]:
@@ -133,8 +147,11 @@ def jupyter_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     env = {
         # Jupyter reads the token from this file: not in argv, not in any environment.
         "JUPYTER_TOKEN_FILE": str(settings.jupyter_token_copy),
-        # Kernels inherit this, so mlflow.log_metric in a notebook lands in the managed MLflow.
-        "MLFLOW_TRACKING_URI": settings.mlflow_url,
+        # Kernels inherit this (and MLFLOW_TRACKING_TOKEN, set at exec from the token file), so
+        # mlflow.log_metric in a notebook lands in the managed MLflow, through Jupyter's route:
+        # MLflow's own listener may be a socket, and the "View run at" links MLflow prints then
+        # open in the user's browser.
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "PYTHONUNBUFFERED": "1",
     }
     return argv, env
@@ -149,6 +166,7 @@ def launch_spec(name: str, settings: Settings) -> dict:
             "schema_upgrade": settings.mlflow.schema_upgrade,
             "sqlite_journal_mode": settings.mlflow.sqlite_journal_mode,
             "credentials_file": str(settings.mlflow.credentials_file or ""),
+            "unix_socket": str(settings.mlflow_socket or ""),
         }
     elif name == "jupyter":
         argv, env = jupyter_command(settings)
@@ -187,12 +205,41 @@ def _upgrade(spec: dict, uri: str, database: Path, state: schema.SchemaState, en
     print(f"mlproxy: upgraded {database} from {state.current} to {state.expected}; backup at {backup}", flush=True)
 
 
-def prepare_jupyter(spec: dict) -> None:
+def bind_mlflow_socket(path: str) -> socket.socket:
+    """MLflow's unix socket, mode 0600, bound but not listening, for uvicorn's --fd. uvicorn's own
+    --uds would make it 0666 (the 0700 directory would still guard it). A socket file a killed
+    MLflow left is replaced (several workers refuse to bind over it). uvicorn calls listen() once it
+    serves: until then connections are refused (Jupyter answers 503 and its page reloads), not
+    queued behind a start-up that may take a minute (they would time out as 504)."""
+    if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(previous)
+    return listener
+
+
+def listen_on_socket(path: str) -> None:
+    """The launcher's side: MLflow's socket as file descriptor MLFLOW_LISTEN_FD, kept across exec."""
+    fd = bind_mlflow_socket(path).detach()
+    if fd != MLFLOW_LISTEN_FD:
+        os.dup2(fd, MLFLOW_LISTEN_FD)  # inheritable: uvicorn gets it across exec
+        os.close(fd)
+    else:
+        os.set_inheritable(fd, True)
+
+
+def prepare_jupyter(spec: dict) -> str:
+    """Returns the token."""
     # Jupyter reads its token file verbatim (a trailing newline would become part of the
     # token), so it gets a normalized private copy in the 0700 runtime directory.
     token = credentials.read_token(Path(spec["token_file"]))
     credentials.write_private(Path(spec["token_copy"]), token)
     Path(spec["root_dir"]).mkdir(parents=True, exist_ok=True)
+    return token
 
 
 def exec_server(spec: dict) -> None:
@@ -204,10 +251,14 @@ def exec_server(spec: dict) -> None:
                 env[MLFLOW_SERVER_ENV["boot_id"]] = uuid.uuid4().hex  # one per server start, as `mlflow server` does
             env.update(credentials.store_secrets(env, spec.get("credentials_file")))
             prepare_mlflow(spec, env)
+            if spec.get("unix_socket"):
+                listen_on_socket(spec["unix_socket"])
         else:
             for name in credentials.STORE_SECRETS:  # kernels and terminals have no use for them
                 env.pop(name, None)
-            prepare_jupyter(spec)
+            # Kernels inherit it: their MLflow client authenticates to Jupyter's route with it.
+            # Environment only (readable by this user alone), never argv or a launch file.
+            env["MLFLOW_TRACKING_TOKEN"] = prepare_jupyter(spec)
     except (schema.SchemaError, sqlite_store.StoreError, credentials.CredentialError) as error:
         raise LaunchError(str(error)) from None
     os.execve(spec["argv"][0], spec["argv"], env)

@@ -179,10 +179,9 @@ def port_problem(host: str, port: int, key: str) -> Problem | None:
 
 
 def check_ports(settings: Settings) -> list[Problem]:
-    ports = [
-        (settings.jupyter.ip, settings.jupyter.port, "jupyter.port"),
-        (settings.mlflow.host, settings.mlflow.port, "mlflow.port"),
-    ]
+    ports = [(settings.jupyter.ip, settings.jupyter.port, "jupyter.port")]
+    if settings.mlflow_socket is None:  # on a socket, mlflow.port only names the route
+        ports.append((settings.mlflow.host, settings.mlflow.port, "mlflow.port"))
     if settings.agent.metrics_port:
         ports.append(("127.0.0.1", settings.agent.metrics_port, "agent.metrics_port"))
     return [p for host, port, key in ports if (p := port_problem(host, port, key))]

@@ -85,6 +85,16 @@ def connections_to(pid: int, port: int) -> int:
     return len(_tcp_socket_inodes("01", 2, port) & _open_files(pid))
 
 
+def unix_connections(path) -> int:
+    """How many connections the server side of a unix socket holds open: its accepted sockets, which
+    /proc/net/unix lists with the listener's path in state 03 (connected)."""
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    return sum(1 for line in lines if (fields := line.split()) and len(fields) == 8 and fields[5] == "03" and fields[7] == str(path))
+
+
 def _open_files(pid: int) -> set[str]:
     try:
         fds = os.listdir(f"/proc/{pid}/fd")

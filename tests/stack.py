@@ -13,6 +13,7 @@ from pathlib import Path
 
 import requests
 
+from mlproxy_supervisor.config import Settings, read_resolved
 from mlproxy_supervisor.rpc import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +166,16 @@ class Stack:
     @property
     def supervisor(self) -> Supervisor:
         return Supervisor(self.state_dir / "run" / "supervisord.sock")
+
+    @property
+    def settings(self) -> Settings:
+        """The running stack's resolved configuration (where MLflow listens: settings.mlflow_socket)."""
+        return read_resolved(self.state_dir / "run" / "resolved.json")
+
+    @property
+    def mlflow_socket(self) -> Path:
+        """MLflow's unix socket (the default, listen = "socket"); only the stack's user connects to it."""
+        return self.state_dir / "run" / "mlflow.sock"
 
     def pid(self, name: str) -> int:
         return self.supervisor.processes()[name].pid

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -38,18 +39,45 @@ class Check:
     url: str
     authenticated: bool = False
     expect_body: bytes | None = None  # a prefix the body must start with
+    unix_socket: str | None = None  # connect here instead of the URL's host:port
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket; the request still names host:port in its Host header."""
+
+    def __init__(self, path: str, host: str, port: int | None, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def http_connection(url: str, unix_socket: str | os.PathLike | None, timeout: float) -> http.client.HTTPConnection:
+    """A connection for `url`, made over `unix_socket` when one is given (MLflow's own listener)."""
+    parts = urlsplit(url)
+    if unix_socket:
+        return UnixHTTPConnection(str(unix_socket), parts.hostname, parts.port, timeout)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
 
 def checks(settings: Settings) -> dict[tuple[str, str], list[Check]]:
-    mlflow = settings.mlflow_url
+    mlflow, unix_socket = settings.mlflow_url, settings.mlflow_socket and str(settings.mlflow_socket)
     jupyter = settings.jupyter_local_url
     port = settings.mlflow.port
     return {
-        ("mlflow", "liveness"): [Check(f"{mlflow}{MLFLOW_LIVENESS}", expect_body=b"OK")],
+        ("mlflow", "liveness"): [Check(f"{mlflow}{MLFLOW_LIVENESS}", expect_body=b"OK", unix_socket=unix_socket)],
         # Readiness touches the store: the process answering is not enough.
         ("mlflow", "readiness"): [
-            Check(f"{mlflow}{MLFLOW_READINESS}", expect_body=b"{"),
-            Check(f"{mlflow}{MLFLOW_ARTIFACTS_READINESS}", expect_body=b"{"),
+            Check(f"{mlflow}{MLFLOW_READINESS}", expect_body=b"{", unix_socket=unix_socket),
+            Check(f"{mlflow}{MLFLOW_ARTIFACTS_READINESS}", expect_body=b"{", unix_socket=unix_socket),
         ],
         ("jupyter", "liveness"): [Check(f"{jupyter}/api", expect_body=b"{")],
         # Authenticated: proves the token Jupyter loaded is the one users and the agent hold.
@@ -70,7 +98,7 @@ def _get(check: Check, token: str, timeout: float) -> tuple[bool, str | None]:
     if check.authenticated:
         headers["Authorization"] = f"token {token}"
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection = http_connection(check.url, check.unix_socket, timeout)
     try:
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()

@@ -38,16 +38,25 @@ def _mlflow_port() -> int:
     return urlsplit(_stack_settings().mlflow_url).port
 
 
+def _mlflow_socket() -> str | None:
+    """MLflow's unix socket (None: it listens on TCP, on _mlflow_port())."""
+    path = _stack_settings().mlflow_socket
+    return str(path) if path else None
+
+
 def _proxy_options() -> dict:
-    """The MLflow handler's limits (streaming: see proxy.py)."""
+    """Where MLflow listens and the MLflow handler's limits (streaming: see proxy.py)."""
     jupyter = _stack_settings().jupyter
-    return {"max_upload_size": jupyter.max_upload_size, "mlflow_timeout": jupyter.mlflow_timeout}
+    return {"unix_socket": _mlflow_socket(), "max_upload_size": jupyter.max_upload_size, "mlflow_timeout": jupyter.mlflow_timeout}
 
 
 def mlflow_server_process() -> dict:
-    """jupyter-server-proxy server entry: proxy only (no command), prefix stripped."""
+    """jupyter-server-proxy server entry: proxy only (no command), prefix stripped. The port
+    names the route; with a socket, jupyter-server-proxy connects there instead."""
+    unix_socket = _mlflow_socket()
     return {
         "port": _mlflow_port(),
+        **({"unix_socket": unix_socket} if unix_socket else {}),
         "absolute_url": False,  # MLflow serves from /; True would send /mlflow/... and get 404
         "new_browser_tab": True,
         # JupyterLab's launcher draws a card's icon from icon_url only in its kernel categories
@@ -88,4 +97,5 @@ def _load_jupyter_server_extension(serverapp) -> None:
     # rule first makes the origin-checking handler win, whatever the extension load order.
     rule = web_app.default_router.process_rule(Rule(HostMatches(".*"), routes))
     web_app.default_router.rules.insert(0, rule)
-    serverapp.log.info("mlproxy: MLflow on 127.0.0.1:%s served at /%s/ and /proxy/%s/", port, ROUTE_NAME, port)
+    where = f"unix socket {options['unix_socket']}" if options["unix_socket"] else f"127.0.0.1:{port}"
+    serverapp.log.info("mlproxy: MLflow on %s served at /%s/ and /proxy/%s/", where, ROUTE_NAME, port)

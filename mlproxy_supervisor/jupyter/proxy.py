@@ -54,7 +54,7 @@ DEFAULT_MLFLOW_TIMEOUT = 300.0  # seconds; jupyter-server-proxy's request_timeou
 SMALL_BODY = 1 << 20  # bytes; a refused request with a body up to this size is read before the answer
 RETRY_AFTER = 5  # seconds, for clients while MLflow is not answering
 # Our errors, as MLflow's REST API spells them (its clients read error_code; they retry 503).
-ERROR_CODES = {413: "RESOURCE_EXHAUSTED", 502: "TEMPORARILY_UNAVAILABLE", 503: "TEMPORARILY_UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+ERROR_CODES = {401: "UNAUTHENTICATED", 413: "RESOURCE_EXHAUSTED", 502: "TEMPORARILY_UNAVAILABLE", 503: "TEMPORARILY_UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 UNAVAILABLE_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{retry}"><title>MLflow is starting</title></head>
 <body style="font-family: sans-serif; margin: 3em">
@@ -93,12 +93,19 @@ def same_origin(origin: str, host: str, scheme: str) -> bool:
 
 @web.stream_request_body
 class MLflowProxyHandler(NamedLocalProxyHandler):
-    """Proxy to MLflow on loopback, for the /mlflow/ and /proxy/<port>/ routes."""
+    """Proxy to MLflow (its unix socket, or its loopback port), for the /mlflow/ and /proxy/<port>/ routes."""
 
     def initialize(
-        self, port: int, proxy_base: str = "", max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE, mlflow_timeout: float = DEFAULT_MLFLOW_TIMEOUT
+        self,
+        port: int,
+        proxy_base: str = "",
+        unix_socket: str | None = None,
+        max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE,
+        mlflow_timeout: float = DEFAULT_MLFLOW_TIMEOUT,
     ) -> None:
-        self.port = port
+        self.port = port  # the route's port; MLflow's own too unless it listens on unix_socket
+        # jupyter-server-proxy connects here (its UnixResolver) instead of localhost:port when set.
+        self.unix_socket = unix_socket
         self.proxy_base = proxy_base  # "" -> redirects are rewritten under /proxy/<port>/
         self.max_upload_size = max_upload_size
         self.mlflow_timeout = mlflow_timeout
@@ -109,7 +116,12 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
 
     async def prepare(self, *args, **kwargs) -> None:
         try:
-            await super().prepare(*args, **kwargs)  # authenticates; redirects or 403s if not
+            try:
+                await super().prepare(*args, **kwargs)  # authenticates; redirects (browsers) or refuses if not
+            except web.HTTPError as refusal:
+                if refusal.status_code == 403 and self.current_user is None and self._api_client():
+                    raise self._unauthenticated() from None  # a write without credentials
+                raise
             if not self._finished:
                 self._refuse_foreign_origin()
                 await self._start_relay()
@@ -119,6 +131,37 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             # Hanging up on unread bytes makes the kernel reset the connection, and the client may
             # never see the answer: a small body is read (and dropped) first, then refused.
             self._refusal = refusal
+
+    # --- authentication, as an MLflow client understands it -----------------------------------
+    def get_login_url(self) -> str:
+        """Where tornado's @authenticated sends an unauthenticated GET. Both JupyterHandler.prepare
+        and jupyter-server-proxy's prepare() apply it (so `_redirect_to_login=False` alone still
+        redirects): a browser goes to the login page, an API client gets a 401 it can read."""
+        if self._api_client():
+            raise self._unauthenticated()
+        return super().get_login_url()
+
+    def _api_client(self) -> bool:
+        """A program, not a person: an MLflow API path, or a request that does not accept HTML."""
+        path = "/" + (self.path_args[0] if self.path_args else "").lstrip("/")
+        if self.request.method == "OPTIONS":  # a browser's CORS preflight: refused as Jupyter does
+            return False
+        return path.startswith(("/api/", "/ajax-api/")) or "text/html" not in self.request.headers.get("Accept", "")
+
+    def _unauthenticated(self) -> web.HTTPError:
+        presented = scrub.JUPYTER_AUTH_SCHEME.match(self.request.headers.get("Authorization", "")) or any(
+            scrub.is_token_key(key) for key in self.request.query_arguments
+        )
+        where = "set MLFLOW_TRACKING_TOKEN to the Jupyter token (`mlproxy url` prints it on the server)"
+        if presented:
+            return web.HTTPError(401, f"the token is wrong: this MLflow is behind Jupyter's login and refused it; {where}")
+        return web.HTTPError(401, f"no token: this MLflow is behind Jupyter's login; {where}")
+
+    def _request_summary(self) -> str:
+        """What tornado's log lines name the request by (e.g. beside a 401's reason): its URI with
+        Jupyter's credentials scrubbed, as Jupyter's own access log has it."""
+        uri = scrub.strip_url(self.request.uri, scrub.jupyter_token(self))
+        return f"{self.request.method} {uri} ({self.request.remote_ip})"
 
     def _refuse_foreign_origin(self) -> None:
         host = self.request.headers.get("Host", "")
@@ -243,6 +286,10 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
     def write_error(self, status_code: int, **kwargs) -> None:
         """Our own errors, as an API client or a browser wants them; the rest as Jupyter renders them."""
         if status_code not in ERROR_CODES:
+            if "Content-Length" in self.request.headers or "Transfer-Encoding" in self.request.headers:
+                # Jupyter's own refusals (403) from prepare(): tornado hangs up on the unread body,
+                # so tell the client not to reuse the connection (as below).
+                self.set_header("Connection", "close")
             return super().write_error(status_code, **kwargs)
         message = kwargs.get("message")
         if message is None and "exc_info" in kwargs:
@@ -250,10 +297,12 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             message = getattr(error, "log_message", None) or str(error)
         if status_code in (502, 503, 504):
             self.set_header("Retry-After", str(RETRY_AFTER))
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="jupyter"')
         # Answered from prepare(), tornado hangs up after this response without saying so: say it,
         # or a client reusing the connection gets a reset.
         self.set_header("Connection", "close")
-        if self.request.method == "GET" and "text/html" in self.request.headers.get("Accept", "") and status_code != 413:
+        if self.request.method == "GET" and "text/html" in self.request.headers.get("Accept", "") and status_code in (502, 503, 504):
             self.set_header("Content-Type", "text/html; charset=UTF-8")
             self.set_header("Cache-Control", "no-store")
             self.finish(UNAVAILABLE_PAGE.format(retry=RETRY_AFTER, message=html.escape(message or "")))

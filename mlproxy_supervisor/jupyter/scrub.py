@@ -34,13 +34,18 @@ def _decoded(text: str) -> str:
     return text
 
 
+def is_token_key(key: str) -> bool:
+    """A query key Jupyter reads the token from (tornado hands over keys already decoded once)."""
+    return _decoded(key).strip() == TOKEN_KEY
+
+
 def strip_query(query: str, token: str | None) -> str:
     """The raw query without any `token` key (however encoded) and without any value holding the
     token; every other parameter is kept byte for byte."""
     kept = []
     for piece in query.split("&"):
         key, _, value = piece.partition("=")
-        if _decoded(key).strip() == TOKEN_KEY:
+        if is_token_key(key):
             continue
         if token and token in _decoded(value):
             continue

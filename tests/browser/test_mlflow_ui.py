@@ -11,15 +11,19 @@ import pytest
 
 from tests.browser.browser import Traffic, log_in
 from tests.browser.mlflow_ui import tour
+from tests.support.direct import forward
 
 pytestmark = pytest.mark.browser
 
 
 def _direct_failures(open_browser, stack, demo) -> set:
+    """MLflow's own UI, served straight from its socket (through a TCP forwarder: a browser cannot
+    open a unix socket): the baseline of what fails without the route."""
     context = open_browser()
     traffic = Traffic.watch(context)
-    direct = f"http://127.0.0.1:{stack.mlflow_port}/"
-    tour(context.new_page(), direct, demo)
+    with forward(stack.mlflow_socket) as address:
+        direct = f"{address}/"
+        tour(context.new_page(), direct, demo)
     assert not traffic.outside(direct), f"MLflow's own UI left its origin: {traffic.outside(direct)}"
     return traffic.errors_under(direct)
 

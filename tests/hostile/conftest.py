@@ -2,7 +2,7 @@
 
 Its state directory sits in a world-traversable directory, so the file-mode cases test the
 stack's own modes (pytest's tmp directories are 0700 and would hide every file anyway). MLflow is
-observed on its loopback port directly, as the stack's own user: that is where an attack that got
+observed directly on its unix socket, as the stack's own user: that is where an attack that got
 through would have left its mark.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.stack import PORT_OFFSET, Stack, port_is_free, ports
+from tests.support.direct import DirectMLflow
 
 ATTACKER_ORIGIN_PORT = 9999 + PORT_OFFSET  # another local origin, only ever named in Origin headers
 
@@ -43,21 +43,21 @@ class Target:
     def __init__(self, stack: Stack):
         self.stack = stack
         self.token = stack.token
-        self.mlflow = f"http://127.0.0.1:{stack.mlflow_port}"
+        self.mlflow = DirectMLflow(stack.mlflow_socket)
         self.mlflow_log = stack.state_dir / "logs" / "mlflow.log"
         self.experiment_id = self.create_experiment(f"hostile-base-{uuid.uuid4().hex[:6]}")
-        run = requests.post(f"{self.mlflow}/api/2.0/mlflow/runs/create", json={"experiment_id": self.experiment_id}, timeout=30)
+        run = self.mlflow.post("/api/2.0/mlflow/runs/create", json={"experiment_id": self.experiment_id})
         run.raise_for_status()
         self.run_id = run.json()["run"]["info"]["run_id"]
 
     # --- MLflow as its own user sees it ----------------------------------------------------
     def create_experiment(self, name: str) -> str:
-        answer = requests.post(f"{self.mlflow}/api/2.0/mlflow/experiments/create", json={"name": name}, timeout=30)
+        answer = self.mlflow.post("/api/2.0/mlflow/experiments/create", json={"name": name})
         answer.raise_for_status()
         return answer.json()["experiment_id"]
 
     def experiment_exists(self, name: str) -> bool:
-        answer = requests.get(f"{self.mlflow}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name}, timeout=30)
+        answer = self.mlflow.get("/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name})
         if answer.status_code == 404:
             return False
         answer.raise_for_status()
@@ -71,13 +71,13 @@ class Target:
         return f"{self.experiment_id}/{self.run_id}/artifacts/{name}"
 
     def put_artifact(self, name: str, body: bytes = b"trusted\n") -> None:
-        answer = requests.put(f"{self.mlflow}/api/2.0/mlflow-artifacts/artifacts/{self.artifact_path(name)}", data=body, timeout=30)
+        answer = self.mlflow.put(f"/api/2.0/mlflow-artifacts/artifacts/{self.artifact_path(name)}", data=body)
         answer.raise_for_status()
 
     def mlflow_log_after(self, offset: int, marker: str, timeout: float = 30) -> str:
         """MLflow's log from offset, once a request carrying marker has reached it (its access log
         is written a moment after the answer): proof that every earlier line is there too."""
-        requests.get(f"{self.mlflow}/health", params={"marker": marker}, timeout=30)
+        self.mlflow.get("/health", params={"marker": marker})
         deadline = time.monotonic() + timeout
         while True:
             text = self.mlflow_log.read_text(errors="replace")[offset:]

@@ -3,8 +3,8 @@ in to Jupyter: every MLflow write endpoint, through every spelling of the route,
 without a preflight. chromium attaches Jupyter's cookie (same site); every write must be refused
 and leave nothing behind.
 
-Out of scope here, and not a failing test: MLflow's own TCP port, which trusts any localhost
-Origin, stays reachable to such a page until MLflow moves to a unix socket (docs/SECURITY.md).
+MLflow's own listener, which trusts any localhost Origin, is a unix socket such a page cannot
+reach at all: test_mlflow_listener.py.
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import textwrap
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 from tornado.websocket import websocket_connect
 
 from tests.support.mlflow_client import run_client
@@ -122,7 +124,16 @@ def test_notebook_kernel_logs_to_the_managed_mlflow_without_setup(shared_stack):
         session.delete(shared_stack.url(f"api/sessions/{opened.json()['id']}"), timeout=30)
     assert status == "ok", output
     run_id = output.split("RUN ")[1].split()[0]
-    assert f"http://127.0.0.1:{shared_stack.mlflow_port}" in output
+    # The kernel reaches MLflow through Jupyter's route (with the token Jupyter handed it), so the
+    # link MLflow prints opens there, behind the login, in the user's browser.
+    assert f"RUN {run_id} {shared_stack.base}/mlflow\n" in output
+    link = re.search(r"View run from-a-notebook at: (\S+)", output).group(1)
+    page, fragment = link.split("#", 1)
+    assert page == f"{shared_stack.base}/mlflow/" and fragment.endswith(f"/runs/{run_id}"), link
+    opened_page = session.get(page, timeout=30)
+    assert opened_page.status_code == 200 and "<title>MLflow</title>" in opened_page.text
+    anonymous = requests.get(page, headers={"Accept": "text/html"}, allow_redirects=False, timeout=30)
+    assert anonymous.status_code == 302 and "/login" in anonymous.headers["Location"], "the link must need Jupyter's login"
     # The run shows in MLflow, read the way a user would: through the route.
     runs = session.post(
         shared_stack.url("mlflow/api/2.0/mlflow/runs/search"),
@@ -166,3 +177,29 @@ def test_artifact_over_100_mb_round_trips_through_the_route(shared_stack, tmp_pa
     )
     assert answer.status_code == 200
     assert sum(len(chunk) for chunk in answer.iter_content(1 << 20)) == size
+
+
+FAILING_CLIENT = textwrap.dedent(
+    """
+    import json, sys
+    import mlflow
+
+    try:
+        mlflow.set_experiment(sys.argv[1])
+        print(json.dumps({"error": None}))
+    except Exception as error:  # what the user sees
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+    """
+)
+
+
+@pytest.mark.parametrize("token", ["", "not-the-token"])
+def test_mlflow_client_without_the_right_token_is_told_to_set_mlflow_tracking_token(shared_stack, tmp_path, token):
+    experiment = f"refused-{uuid.uuid4().hex[:6]}"
+    seen = run_client(FAILING_CLIENT, shared_stack.base, token, experiment, timeout=180, cwd=tmp_path)
+    assert seen["error"] is not None, "the client worked without the token"
+    assert "MLFLOW_TRACKING_TOKEN" in seen["error"] and "UNAUTHENTICATED" in seen["error"], seen["error"]
+    assert ("token is wrong" if token else "no token") in seen["error"], seen["error"]
+    assert "JSON" not in seen["error"], "the client got Jupyter's login page instead of an error it can read"
+    lookup = shared_stack.session().get(shared_stack.url("mlflow/api/2.0/mlflow/experiments/get-by-name"), params={"experiment_name": experiment}, timeout=30)
+    assert lookup.status_code == 404, "the refused client created its experiment"

@@ -25,15 +25,20 @@ def test_healthy_stack_passes(shared_stack):
 
 
 def test_stopped_stack_with_a_port_conflict_and_a_bad_config(tmp_path):
-    stack = Stack(tmp_path / "state", **ports(27888, 27001, 27181))
+    # MLflow on TCP (listen = "tcp"): its port must be free. On its unix socket (the default), the
+    # port only names the route /proxy/<port>/, and a process holding it is no conflict.
+    stack = Stack(tmp_path / "state", **ports(27888, 27001, 27181), env={"MLPROXY_MLFLOW__LISTEN": "tcp"})
+    on_socket = Stack(tmp_path / "socket", **ports(27888, 27001, 27181))
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", stack.mlflow_port))
         squatter.listen()
         result = stack.mlproxy("doctor")
+        socket_result = on_socket.mlproxy("doctor")
     assert result.returncode == 1
     assert "stack running" in result.stdout and "mlproxy up" in result.stdout
     assert f"port {stack.mlflow_port} (mlflow.port)" in result.stdout and "fix:" in result.stdout
+    assert "mlflow.port" not in socket_result.stdout and "ports free" in socket_result.stdout, socket_result.stdout
     broken = Stack(tmp_path / "other", **ports(27888, 27001, 27181), config="[jupyter]\nprot = 1\n")
     result = broken.mlproxy("doctor")
     assert result.returncode == 1 and "jupyter.prot: unknown key" in result.stdout
@@ -58,7 +63,9 @@ def bare_servers(tmp_path):
     """MLflow and Jupyter started by hand, the way people wire them without mlproxy; the test
     chooses which Jupyter extensions are enabled."""
     bare_ports = ports(26888, 26001, 0)
-    settings = Settings(state_dir=tmp_path, jupyter={"port": bare_ports["jupyter_port"]}, mlflow={"port": bare_ports["mlflow_port"]}, agent={"metrics_port": 0})
+    # On TCP, as such setups are: the extension finds MLflow's address from the same configuration.
+    settings = Settings(state_dir=tmp_path, jupyter={"port": bare_ports["jupyter_port"]}, mlflow={"port": bare_ports["mlflow_port"], "listen": "tcp"},
+                        agent={"metrics_port": 0})  # fmt: skip
     settings.runtime_dir.mkdir(parents=True)
     settings.jupyter.root_dir.mkdir()
     token = credentials.ensure_token(settings.jupyter.token_file)
@@ -67,7 +74,7 @@ def bare_servers(tmp_path):
 
     def start(*extra_jupyter_args: str):
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLPROXY_")}  # e.g. MLPROXY_TEST_*
-        env.update(MLPROXY_STATE_DIR=str(tmp_path), MLPROXY_MLFLOW__PORT=str(settings.mlflow.port))
+        env.update(MLPROXY_STATE_DIR=str(tmp_path), MLPROXY_MLFLOW__PORT=str(settings.mlflow.port), MLPROXY_MLFLOW__LISTEN="tcp")
         for argv, extra in (launch.mlflow_command(settings), launch.jupyter_command(settings)):
             if "notebook" in argv:
                 argv = [*argv, *extra_jupyter_args]
@@ -77,7 +84,7 @@ def bare_servers(tmp_path):
             try:
                 if requests.get(f"{settings.mlflow_url}/health", timeout=1).ok and requests.get(f"{settings.jupyter_local_url}/api", timeout=1).ok:
                     return settings, token
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy starting to answer within 1 s
                 pass
             time.sleep(0.2)
         raise AssertionError("bare servers did not come up")

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.stack import Stack, ports
+from tests.support.direct import DirectMLflow
+
 pytestmark = pytest.mark.integration
 
 ROUTES = ["mlflow", "proxy"]  # "proxy" stands for /proxy/<mlflow port>
@@ -43,14 +46,26 @@ def test_rest_api_creates_and_reads(shared_stack, route):
     assert found.json()["experiment"]["experiment_id"] == experiment_id
 
 
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
 @pytest.mark.parametrize("route", ROUTES)
-def test_without_token_get_redirects_to_login_and_post_is_refused(shared_stack, route):
-    page = requests.get(shared_stack.url(f"{prefix(shared_stack, route)}/"), allow_redirects=False, timeout=10)
+def test_without_token_a_browser_is_sent_to_login_and_an_api_client_gets_401(shared_stack, route):
+    page = requests.get(shared_stack.url(f"{prefix(shared_stack, route)}/"), headers={"Accept": BROWSER_ACCEPT}, allow_redirects=False, timeout=10)
     assert page.status_code == 302 and "/login" in page.headers["Location"]
-    write = requests.post(shared_stack.url(f"{prefix(shared_stack, route)}/api/2.0/mlflow/experiments/create"), json={"name": "nope"}, timeout=10)
-    assert write.status_code == 403
-    wrong = requests.get(shared_stack.url(f"{prefix(shared_stack, route)}/api/2.0/mlflow/experiments/search"), headers={"Authorization": "token wrong"}, allow_redirects=False, timeout=10)
-    assert wrong.status_code == 302
+    # An API client (MLflow's own sends Accept: */*) gets MLflow's error shape, naming the variable.
+    name = f"nope-{uuid.uuid4().hex[:6]}"
+    write = requests.post(shared_stack.url(f"{prefix(shared_stack, route)}/api/2.0/mlflow/experiments/create"), json={"name": name}, timeout=10)
+    assert write.status_code == 401 and write.json()["error_code"] == "UNAUTHENTICATED"
+    assert "no token" in write.json()["message"] and "MLFLOW_TRACKING_TOKEN" in write.json()["message"]
+    presented = f"not-the-token-{uuid.uuid4().hex}"
+    wrong = requests.get(shared_stack.url(f"{prefix(shared_stack, route)}/api/2.0/mlflow/experiments/search"), headers={"Authorization": f"token {presented}"}, allow_redirects=False, timeout=10)
+    assert wrong.status_code == 401 and "token is wrong" in wrong.json()["message"] and "MLFLOW_TRACKING_TOKEN" in wrong.json()["message"]
+    assert presented not in wrong.text, "the presented token must not be echoed"
+    page_api = requests.get(shared_stack.url(f"{prefix(shared_stack, route)}/ajax-api/2.0/mlflow/experiments/search"), headers={"Accept": BROWSER_ACCEPT}, allow_redirects=False, timeout=10)
+    assert page_api.status_code == 401, "an API path is an API call, even from a browser"
+    lookup = shared_stack.session().get(shared_stack.url("mlflow/api/2.0/mlflow/experiments/get-by-name"), params={"experiment_name": name}, timeout=10)
+    assert lookup.status_code == 404, "the refused write reached MLflow"
 
 
 def test_bearer_token_is_accepted_like_mlflow_tracking_token_sends_it(shared_stack):
@@ -136,20 +151,45 @@ def test_cross_origin_read_gets_no_cors_grant(shared_stack):
     assert "Access-Control-Allow-Origin" not in answer.headers
 
 
-def test_mlflow_itself_still_refuses_foreign_hosts_on_loopback(shared_stack):
-    direct = requests.get(f"http://127.0.0.1:{shared_stack.mlflow_port}/ajax-api/2.0/mlflow/experiments/search", headers={"Host": "rebind.example.com"}, timeout=10)
+def test_mlflow_itself_still_refuses_foreign_hosts(shared_stack):
+    # MLflow's own Host check stays on behind the socket (a second line against DNS rebinding).
+    direct = DirectMLflow(shared_stack.mlflow_socket).get("/ajax-api/2.0/mlflow/experiments/search", headers={"Host": "rebind.example.com"})
     assert direct.status_code == 403
 
 
-def test_mlflow_listens_on_loopback_only(shared_stack):
+def loopback_listeners(port: int) -> set[str]:
     listeners = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            address, port = fields[1].rsplit(":", 1)
-            if fields[3] == "0A" and int(port, 16) == shared_stack.mlflow_port:
+            address, listening_port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(listening_port, 16) == port:
                 listeners.add(address)
-    assert listeners == {"0100007F"}, f"MLflow listens on {listeners}, expected 127.0.0.1 only"
+    return listeners
+
+
+def test_mlflow_listens_on_its_socket_not_on_tcp(shared_stack):
+    assert loopback_listeners(shared_stack.mlflow_port) == set(), "MLflow's port has a TCP listener"
+    assert shared_stack.settings.mlflow_socket == shared_stack.mlflow_socket and shared_stack.mlflow_socket.is_socket()
+    assert DirectMLflow(shared_stack.mlflow_socket).get("/health").content == b"OK"
+
+
+@pytest.fixture(scope="module")
+def tcp_stack(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("tcp") / "state", **ports(28988, 28011, 28191), env={"MLPROXY_MLFLOW__LISTEN": "tcp"}).start()
+    yield stack
+    assert stack.stop() == 0
+
+
+def test_listen_tcp_puts_mlflow_on_loopback_only_and_the_routes_still_work(tcp_stack):
+    # The old behaviour, kept as a setting: MLflow on 127.0.0.1:<port>, where any local user or page reaches it.
+    assert loopback_listeners(tcp_stack.mlflow_port) == {"0100007F"}, "expected 127.0.0.1 only"
+    assert not tcp_stack.mlflow_socket.exists()
+    assert requests.get(f"http://127.0.0.1:{tcp_stack.mlflow_port}/health", timeout=30).text == "OK"
+    session = tcp_stack.session()
+    for route in ("mlflow", f"proxy/{tcp_stack.mlflow_port}"):
+        answer = session.get(tcp_stack.url(f"{route}/api/2.0/mlflow/experiments/search"), params={"max_results": 1}, timeout=30)
+        assert answer.status_code == 200 and "experiments" in answer.json(), answer.text
 
 
 def test_launcher_entry_and_icon(shared_stack):

@@ -328,7 +328,7 @@ def test_journal_shows_the_agents_transitions_and_each_servers_output(box):
         "the degraded state after kill -9": "status: degraded: mlflow",
         "agent events": "route stack-ready",
         "supervisord seeing the kill": "exited: mlflow (terminated by SIGKILL",
-        "MLflow's output": "Uvicorn running on http://127.0.0.1:5001",
+        "MLflow's output": "Uvicorn running on socket",
         "Jupyter's output": "Jupyter Server",
         "supervisord's own log": "spawned: 'mlflow'",
         "mlproxy up": "mlproxy: ready in",

@@ -58,11 +58,17 @@ def test_systemd_directories_are_used(monkeypatch, tmp_path):
 
 
 def test_file_then_environment_precedence(monkeypatch, tmp_path):
-    path = write(tmp_path, "[mlflow]\nport = 5002\njob_execution = true\n")
+    path = write(tmp_path, "[mlflow]\nport = 5002\nlisten = \"tcp\"\njob_execution = true\n")
     monkeypatch.setenv("MLPROXY_MLFLOW__PORT", "5003")
     settings = load_settings(path)
     assert settings.mlflow.port == 5003 and settings.mlflow.job_execution
     assert settings.config_file == path
+
+
+def test_job_runner_on_a_socket_is_refused_naming_both_keys(tmp_path):
+    path = write(tmp_path, "[mlflow]\njob_execution = true\n")
+    with pytest.raises(ConfigError, match=r'job_execution = true needs listen = "tcp".*MLPROXY_MLFLOW__LISTEN=tcp'):
+        load_settings(path)
 
 
 def test_search_order_finds_the_working_directory_file(tmp_path):

@@ -117,7 +117,20 @@ def test_mlflow_launch_keeps_secrets_out_of_argv(tmp_path):
     argv, env = launch.mlflow_command(config)
     assert not any("s3cret" in arg for arg in argv)
     assert env[launch.MLFLOW_SERVER_ENV["backend_store"]].endswith("s3cret@db/mlflow")
-    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    # By default MLflow listens on a unix socket in the 0700 runtime directory (the launcher binds
+    # it and hands it over as a descriptor), on no TCP port.
+    assert argv[argv.index("--fd") + 1] == str(launch.MLFLOW_LISTEN_FD)
+    assert launch.launch_spec("mlflow", config)["unix_socket"] == str(tmp_path / "run" / "mlflow.sock")
+    assert "--host" not in argv and "--port" not in argv
+
+
+def test_mlflow_on_tcp_when_configured_and_for_the_job_runner(tmp_path):
+    config = Settings(state_dir=tmp_path, mlflow={"listen": "tcp", "port": 5011})
+    argv, _ = launch.mlflow_command(config)
+    assert argv[argv.index("--host") + 1 : argv.index("--port") + 2] == ["127.0.0.1", "--port", "5011"] and "--fd" not in argv
+    assert config.mlflow_socket is None
+    jobs = Settings(state_dir=tmp_path, mlflow={"listen": "tcp", "job_execution": True})
+    assert launch.mlflow_command(jobs)[0][3] == "server"
 
 
 def test_mlflow_server_variables_match_the_installed_mlflow():
@@ -143,7 +156,9 @@ def test_jupyter_launch_reads_the_token_from_a_file(tmp_path):
     argv, env = launch.jupyter_command(settings(tmp_path))
     assert env["JUPYTER_TOKEN_FILE"] == str(tmp_path / "run" / "jupyter_token")
     assert "--ServerApp.port_retries=0" in argv
-    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5001"
+    # Kernels reach MLflow through Jupyter's route (MLflow itself is on a socket), token from exec.
+    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:8888/mlflow"
+    assert "MLFLOW_TRACKING_TOKEN" not in env
 
 
 def test_launch_files_are_private_and_hold_no_token(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,9 +14,10 @@ from mlproxy_supervisor.agent.reconcile import ProbeRequest
 from mlproxy_supervisor.config import Settings
 
 
-@pytest.fixture
-def mlflow_stand_in():
-    """Answers /health after 0.1 s with the status the test sets."""
+@pytest.fixture(params=["socket", "tcp"])
+def mlflow_stand_in(request, tmp_path):
+    """Answers /health after 0.1 s with the status the test sets, on a unix socket where the
+    stack's MLflow listens by default (runtime_dir/mlflow.sock), or on a loopback port."""
     answer = {"status": 200}
 
     class Handler(BaseHTTPRequestHandler):
@@ -30,15 +32,25 @@ def mlflow_stand_in():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if request.param == "socket":
+        settings = Settings(state_dir=tmp_path)
+        settings.runtime_dir.mkdir(mode=0o700)
+        server = ThreadingUnixHTTPServer(str(settings.mlflow_socket), Handler)
+    else:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        settings = Settings(state_dir=tmp_path, mlflow={"listen": "tcp", "port": server.server_address[1]})
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1], answer
+    yield settings, answer
     server.shutdown()
     server.server_close()
 
 
-def _sleep_with_one_probe(tmp_path, port: int, wake_on_success: bool) -> tuple[float, bool]:
-    prober = Prober(Settings(state_dir=tmp_path, mlflow={"port": port}), lambda: "token")
+class ThreadingUnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
+def _sleep_with_one_probe(settings: Settings, wake_on_success: bool) -> tuple[float, bool]:
+    prober = Prober(settings, lambda: "token")
     prober.submit([ProbeRequest("mlflow", "liveness", 2.0, 1)])
     started = time.monotonic()
     prober.wait(1.5, wake_on_success=wake_on_success)
@@ -49,19 +61,19 @@ def _sleep_with_one_probe(tmp_path, port: int, wake_on_success: bool) -> tuple[f
 
 
 def test_a_settled_agent_sleeps_through_a_successful_probe(tmp_path, mlflow_stand_in):
-    port, _ = mlflow_stand_in
-    slept, ok = _sleep_with_one_probe(tmp_path, port, wake_on_success=False)
+    settings, _ = mlflow_stand_in
+    slept, ok = _sleep_with_one_probe(settings, wake_on_success=False)
     assert ok and slept >= 1.4
 
 
 def test_a_failed_probe_wakes_a_settled_agent_at_once(tmp_path, mlflow_stand_in):
-    port, answer = mlflow_stand_in
+    settings, answer = mlflow_stand_in
     answer["status"] = 503
-    slept, ok = _sleep_with_one_probe(tmp_path, port, wake_on_success=False)
+    slept, ok = _sleep_with_one_probe(settings, wake_on_success=False)
     assert not ok and slept < 1.0
 
 
 def test_a_starting_agent_wakes_for_every_answer(tmp_path, mlflow_stand_in):
-    port, _ = mlflow_stand_in
-    slept, ok = _sleep_with_one_probe(tmp_path, port, wake_on_success=True)
+    settings, _ = mlflow_stand_in
+    slept, ok = _sleep_with_one_probe(settings, wake_on_success=True)
     assert ok and slept < 1.0
