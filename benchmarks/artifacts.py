@@ -92,10 +92,11 @@ class Target:
 
 
 def direct_target(stack: Stack) -> Target:
-    """MLflow as the running stack resolved it: the one place that knows how to reach it directly.
-    Today its TCP address (`Settings.mlflow_url`); when MLflow moves to a unix socket, return the
-    socket here (Target(unix_socket=...), base "http://localhost") and every measurement follows."""
+    """MLflow as the running stack resolved it: the one place that knows how to reach it directly,
+    its unix socket or its TCP address (`Settings.mlflow_url`)."""
     settings = read_resolved(stack.state_dir / "run" / "resolved.json")
+    if settings.mlflow_socket:
+        return Target("direct", "http://localhost", unix_socket=str(settings.mlflow_socket))
     return Target("direct", settings.mlflow_url)
 
 
@@ -561,7 +562,12 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="mlproxy-artifacts-bench-", dir="/var/tmp") as scratch_dir:
         scratch = Path(scratch_dir)
-        stack = Stack(scratch / "state", jupyter_port=ports["jupyter"], mlflow_port=ports["mlflow"], metrics_port=ports["metrics"])
+        # MLflow on TCP (not the default socket): the stock jupyter-server-proxy route and nginx
+        # can only reach a TCP port, and every route must end at the same MLflow.
+        stack = Stack(
+            scratch / "state", jupyter_port=ports["jupyter"], mlflow_port=ports["mlflow"], metrics_port=ports["metrics"],
+            config='[mlflow]\nlisten = "tcp"\n',
+        )
         helpers: list[subprocess.Popen] = []
         try:
             log("starting the mlproxy stack")
