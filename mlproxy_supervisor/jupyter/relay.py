@@ -64,6 +64,7 @@ class Relay(httputil.HTTPMessageDelegate):
         self.complete = False  # MLflow's whole response was relayed
         self._waiting_since: float | None = None  # when we began waiting on MLflow, if we are
         self._unflushed = 0
+        self.flush_each_chunk = False  # set from the response headers (text/event-stream)
         self._watchdog: asyncio.TimerHandle | None = None
 
     # --- the request --------------------------------------------------------------------
@@ -144,6 +145,8 @@ class Relay(httputil.HTTPMessageDelegate):
             if name == "Location" and start_line.code in REDIRECTS:
                 value = self.rewrite_location(value)
             handler.add_header(name, value)
+        # A stream of events must reach the client as each one is sent, not batched.
+        self.flush_each_chunk = headers.get("Content-Type", "").startswith("text/event-stream")
         self.response_started = True
         self._wait_on_mlflow()
 
@@ -151,7 +154,7 @@ class Relay(httputil.HTTPMessageDelegate):
         self._idle()
         self.handler.write(chunk)
         self._unflushed += len(chunk)
-        if self._unflushed >= FLUSH_AFTER:
+        if self._unflushed >= FLUSH_AFTER or self.flush_each_chunk:
             self._unflushed = 0
             try:
                 await self.flush()
