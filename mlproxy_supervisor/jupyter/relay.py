@@ -145,8 +145,11 @@ class Relay(httputil.HTTPMessageDelegate):
             if name == "Location" and start_line.code in REDIRECTS:
                 value = self.rewrite_location(value)
             handler.add_header(name, value)
-        # A stream of events must reach the client as each one is sent, not batched.
-        self.flush_each_chunk = headers.get("Content-Type", "").startswith("text/event-stream")
+        # A stream of events must reach the client as each one is sent, not batched. Like
+        # jupyter-server-proxy, the client's Accept asks for it too (a server may not label it).
+        self.flush_each_chunk = any(
+            "text/event-stream" in value for value in (headers.get("Content-Type", ""), self.handler.request.headers.get("Accept", ""))
+        )
         self.response_started = True
         self._wait_on_mlflow()
 
