@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from mlproxy_supervisor.exits import EXIT_CONFIG
 from tests.stack import PORT_OFFSET, ROOT, Stack, port_is_free, ports, processes_under
 from tests.support import old_mlflow
 from tests.support.mlflow_client import run_client
@@ -96,7 +97,7 @@ def test_a_database_of_an_older_mlflow_is_refused_without_schema_upgrade(old_sta
     before = _digest(state / "mlflow.db")
     stack = Stack(state, **PORTS)
     result = stack.mlproxy("up", timeout=120)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == EXIT_CONFIG, result.stderr  # a person must act: systemd does not retry
     assert "out-of-date schema" in result.stderr and "mlflow db upgrade sqlite:///" in result.stderr, result.stderr
     assert 'schema_upgrade = "backup-and-upgrade"' in result.stderr
     assert _digest(state / "mlflow.db") == before, "a refused start changed the database"
