@@ -12,11 +12,16 @@ total request timeout (a 3 GB upload would hit it). Here every chunk is awaited:
 
 So Jupyter holds about one chunk per direction, whatever the size. Time spent waiting for MLflow
 (and only for MLflow: a slow client is back-pressure, not a fault) is bounded by `timeout`.
+
+MLflow's answer is read from the moment the request's headers are sent, not once its body is: MLflow
+may answer before it has read the whole body (a 507 when its disk fills mid-upload) and hang up.
+That answer is what the client gets, once its upload is in; the rest of the body goes nowhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import sys
 import time
 from urllib.parse import urlsplit
@@ -62,6 +67,10 @@ class Relay(httputil.HTTPMessageDelegate):
         self.timed_out = False
         self.closed = False
         self.complete = False  # MLflow's whole response was relayed
+        self.upload_cut = False  # MLflow answered or hung up before the whole body was sent
+        self._request_sent = False  # the whole request went to MLflow
+        self._answer: asyncio.Future | None = None  # reading MLflow's response
+        self._sending: asyncio.Future | None = None  # the body chunk being written to MLflow
         self._waiting_since: float | None = None  # when we began waiting on MLflow, if we are
         self._unflushed = 0
         self.flush_each_chunk = False  # set from the response headers (text/event-stream)
@@ -94,18 +103,39 @@ class Relay(httputil.HTTPMessageDelegate):
         target = url.path + (f"?{url.query}" if url.query else "")
         await self._mlflow(self.connection.write_headers(httputil.RequestStartLine(request.method, target, "HTTP/1.1"), headers))
         self._idle()
+        self._answer = asyncio.ensure_future(self._read_answer())
+        self._answer.add_done_callback(lambda task: task.cancelled() or task.exception())  # awaited in respond()
         if not self.opened.done():
             self.opened.set_result(None)
 
     async def send(self, chunk: bytes) -> None:
         """One chunk of the request body, forwarded before the next is read from the client."""
-        if self.connection is None or self.closed:
-            return  # refused or aborted: the rest of the body goes nowhere
+        if self.connection is None or self.closed or self._answered_early():
+            return  # refused, aborted, or answered already: the rest of the body goes nowhere
         try:
-            await self._mlflow(self.connection.write(chunk))
+            self._sending = self.connection.write(chunk)
+            await self._mlflow(self._sending)
         except iostream.StreamClosedError:
-            self.abort()
+            # MLflow hung up. If it answered first, _read_answer() has that answer in tornado's
+            # buffer and relays it; if not, reading fails and aborts.
+            self.upload_cut = True
         self._idle()
+
+    def _answered_early(self) -> bool:
+        """MLflow sent something (its answer, or its end) before the whole body was sent.
+
+        Looked at before each write: tornado would read it only after the write, and a write to a
+        socket MLflow has closed makes tornado close its own end, dropping an answer not yet read.
+        """
+        if not self.upload_cut:
+            stream = self.connection.stream
+            if self.response_started or stream is None or stream.closed():
+                self.upload_cut = True
+            else:
+                ready = select.poll()
+                ready.register(stream.fileno(), select.POLLIN)
+                self.upload_cut = bool(ready.poll(0))
+        return self.upload_cut
 
     def end_body(self) -> None:
         if not self.body_done.done():
@@ -117,15 +147,24 @@ class Relay(httputil.HTTPMessageDelegate):
         if self.closed:
             raise self.failure()
         try:
-            self.connection.finish()
-            self._wait_on_mlflow()
-            await self.connection.read_response(self)
-        except (iostream.StreamClosedError, httputil.HTTPOutputError):
+            if not self.upload_cut:
+                self.connection.finish()
+                self._request_sent = True
+            if not self.complete:
+                self._wait_on_mlflow()
+            await self._answer
+        except httputil.HTTPOutputError:
             self.abort()
         finally:
             self._stop_watchdog()
         if self.closed and not self.complete:
             raise self.failure()
+
+    async def _read_answer(self) -> None:
+        try:
+            await self.connection.read_response(self)
+        except iostream.StreamClosedError:  # MLflow hung up before its answer's headers
+            self.abort()
 
     def failure(self) -> Exception:
         if self.timed_out:
@@ -169,6 +208,8 @@ class Relay(httputil.HTTPMessageDelegate):
     def finish(self) -> None:
         self.complete = True
         self._idle()
+        if not self._request_sent:
+            self._hang_up()  # answered early: MLflow gets no more of this request
 
     def on_connection_close(self) -> None:
         self.abort()
@@ -178,12 +219,18 @@ class Relay(httputil.HTTPMessageDelegate):
         """Drop the connection to MLflow (the client left, or MLflow stalled)."""
         self.closed = True
         self._stop_watchdog()
-        if self.connection is not None:
-            self.connection.close()
+        self._hang_up()
         if not self.opened.done():
             self.opened.set_exception(self.failure())
             self.opened.exception()  # retrieved: open()'s caller reports it
         self.end_body()
+
+    def _hang_up(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+        # tornado forgets the write it was waiting on when it closes the connection: end the wait.
+        if self._sending is not None and not self._sending.done():
+            self._sending.set_result(None)
 
     def _wait_on_mlflow(self) -> None:
         self._waiting_since = time.monotonic()
