@@ -250,6 +250,22 @@ def test_stalled_mlflow_gets_504(faults_stack):
     wait_until(lambda: mlflow_connections(faults_stack) == 0, 60, "the stalled connection to close")
 
 
+def test_mlflow_stalled_mid_upload_gets_504_and_stores_nothing(faults_stack):
+    """MLflow stops reading a body half sent: the client gets a 504 once the timeout has passed,
+    and no half file. (tornado drops the write it was waiting on when the connection closes; the
+    relay used to wait on it forever, and the client with it.)"""
+    mlflow = faults_stack.pid("mlflow")
+    os.kill(mlflow, signal.SIGSTOP)
+    try:
+        answer = faults_stack.session().put(faults_stack.url("mlflow/api/2.0/mlflow-artifacts/artifacts/0/stalled/x.bin"), data=b"x" * (8 * MB), timeout=120)
+    finally:
+        os.kill(mlflow, signal.SIGCONT)
+    assert answer.status_code == 504
+    assert answer.json()["error_code"] == "DEADLINE_EXCEEDED" and "10 s" in answer.json()["message"]
+    wait_until(lambda: mlflow_connections(faults_stack) == 0, 60, "the stalled connection to close")
+    assert artifact_names(faults_stack, "0/stalled") == []
+
+
 def test_stopped_mlflow_gets_a_reloading_page_and_503_then_recovers(faults_stack):
     assert faults_stack.mlproxy("ctl", "stop", "mlflow").returncode == 0
     try:
