@@ -26,6 +26,8 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from benchmarks.report import rewrite_between
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "journal_mode.json"
 DOC = ROOT / "docs" / "RELIABILITY.md"
@@ -175,9 +177,7 @@ def main() -> int:
         print(json.dumps(results[-1]), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-    doc = DOC.read_text()
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    DOC.write_text(doc[:start] + "\n" + table(results, f"python -m benchmarks.journal_mode --seconds {args.seconds:g}") + "\n" + doc[end:])
+    rewrite_between(DOC, BEGIN, END, table(results, f"python -m benchmarks.journal_mode --seconds {args.seconds:g}"))
     return 0
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import stat
 from pathlib import Path
 
-from .files import write_atomically
+from .files import current_user, write_atomically
 
 TOKEN_ENV = "JUPYTER_TOKEN"  # honoured once by `mlproxy up` (containers), then stored in the file
 
@@ -38,18 +37,12 @@ def read_token(path: Path) -> str:
         token = path.read_text().strip()
     except OSError as error:
         raise CredentialError(f"cannot read the token file {path}: {error.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO) and path.owner() == _current_user():
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) and path.owner() == current_user():
         # Ours and too open (copied by hand, restored from a backup): tighten it.
         path.chmod(0o600)
     if not token:
         raise CredentialError(f"the token file {path} is empty: delete it to generate a new token")
     return token
-
-
-def _current_user() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def write_private(path: Path, content: str) -> None:

@@ -1,8 +1,10 @@
-"""Writing files that others read while we write them: atomically, private from the first byte."""
+"""Writing files that others read while we write them: atomically, private from the first byte;
+and the name of the user whose files they are."""
 
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 
@@ -20,3 +22,11 @@ def write_atomically(path: Path, content: str, mode: int = 0o600) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def current_user() -> str:
+    """The name of the user this process acts as (its effective uid)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid with no passwd entry, e.g. `docker run --user 12345`
+        return str(os.geteuid())

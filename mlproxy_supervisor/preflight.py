@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
-import pwd
 import shlex
 import socket
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from . import procfs, schema
 from .config import Settings
+from .files import current_user
 from .rpc import Supervisor, SupervisorUnavailable
 
 REQUIRED_MODULES = {
@@ -51,20 +51,13 @@ class Problem:
         return f"{self.what}\n    fix: {self.fix}"
 
 
-def _user() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:  # a uid with no passwd entry, e.g. `docker run --user 12345`
-        return str(os.geteuid())
-
-
 def _as_this_user() -> str:
     """The prefix that runs a printed command as the stack's user, for whoever reads it. Under
     systemd that is an operator (often root) reading the journal: run as root, the command would
     leave root-owned files in the service's data directory. runuser is util-linux, on every
     Debian; sudo is not."""
     if "INVOCATION_ID" in os.environ and os.geteuid() != 0:  # systemd sets it for every unit it runs
-        return f"runuser -u {_user()} -- "
+        return f"runuser -u {current_user()} -- "
     return ""
 
 
@@ -115,8 +108,8 @@ def _writable_directory(path: Path, key: str, mode: int = 0o755) -> Problem | No
         elif error.errno == errno.EROFS:
             fix = f"{elsewhere}, on a writable file system"
         else:
-            fix = f"chown {_user()} {path} (or {elsewhere})"
-        return Problem(f"{key} {path} is not writable by user {_user()}: {error.strerror}", fix)
+            fix = f"chown {current_user()} {path} (or {elsewhere})"
+        return Problem(f"{key} {path} is not writable by user {current_user()}: {error.strerror}", fix)
     return None
 
 
@@ -146,8 +139,8 @@ def check_directories(settings: Settings) -> list[Problem]:
     settings.runtime_dir.chmod(0o700)  # the supervisord socket and the status live here
     if database is not None and database.exists() and not os.access(database, os.R_OK | os.W_OK):
         problems.append(
-            Problem(f"the MLflow database {database} is not readable and writable by user {_user()}",
-                    f"chown {_user()} {database}")
+            Problem(f"the MLflow database {database} is not readable and writable by user {current_user()}",
+                    f"chown {current_user()} {database}")
         )
     return problems
 

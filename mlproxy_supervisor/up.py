@@ -20,6 +20,7 @@ from . import credentials, launch, preflight, procfs, supervisord_conf
 from .agent.notify import Notifier
 from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .exits import EXIT_CONFIG
+from .files import current_user
 from .rpc import Supervisor, SupervisorUnavailable
 from .status_document import StatusDocument
 from .timings import ORPHAN_GRACE
@@ -284,7 +285,7 @@ def run(settings: Settings) -> int:
             if woken:
                 progress.step("supervisord answers")
                 if settings.log_target != "files":  # where supervisord's log is shown to people
-                    say(SOCKET_NOTE.format(socket=settings.socket_path, user=preflight._user()))
+                    say(SOCKET_NOTE.format(socket=settings.socket_path, user=current_user()))
             time.sleep(0.02)
             continue
         time.sleep(0.1)

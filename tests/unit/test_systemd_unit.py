@@ -183,7 +183,7 @@ def test_the_printed_fix_runs_as_the_services_user_under_systemd(monkeypatch):
     assert preflight._as_this_user() == ""  # `mlproxy up` in a shell: its reader is this user
     monkeypatch.setenv("INVOCATION_ID", "0123abcd")
     monkeypatch.setattr(preflight.os, "geteuid", lambda: 998)
-    monkeypatch.setattr(preflight, "_user", lambda: "mlproxy")
+    monkeypatch.setattr(preflight, "current_user", lambda: "mlproxy")
     assert preflight._as_this_user() == "runuser -u mlproxy -- "
 
 
