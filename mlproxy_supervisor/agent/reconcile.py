@@ -315,7 +315,9 @@ def _apply_probes(mem: ServiceMemory, name: str, seen: Observation, settings: Ag
             continue
         if not mem.started:  # the startup probe: poll fast until the first success
             if result.ok:
-                events.append(Event(name, "ready", f"{result.latency * 1000:.0f} ms"))
+                # The time a user waited, not the one probe's round trip.
+                waited = seen.now - mem.seen_since
+                events.append(Event(name, "ready", f"{waited:.1f} s after start (its probe answered in {result.latency * 1000:.0f} ms)"))
                 mem = replace(
                     mem,
                     started=True,

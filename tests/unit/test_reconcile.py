@@ -71,6 +71,14 @@ def test_jupyter_starts_in_the_step_mlflow_becomes_ready():
     assert [(e.service, e.kind) for e in events] == [("mlflow", "ready"), ("jupyter", "start")]
 
 
+def test_the_ready_event_says_how_long_the_start_took_not_only_the_probe():
+    memory, _, _ = reconcile(Memory(), seen(proc("mlflow", "STARTING"), never_started("jupyter")), SETTINGS)
+    later = NOW + 9.5
+    _, _, events = reconcile(memory, seen(proc("mlflow", "STARTING", now=later), never_started("jupyter"), probes=[ok("mlflow")], now=later), SETTINGS)
+    ready = next(e for e in events if e.kind == "ready")
+    assert ready.detail == "9.5 s after start (its probe answered in 10 ms)"
+
+
 def test_a_failed_startup_probe_starts_nothing_that_depends_on_it():
     memory, _, _ = reconcile(Memory(), seen(proc("mlflow", "STARTING"), never_started("jupyter")), SETTINGS)
     memory, actions, _ = reconcile(memory, seen(proc("mlflow", "STARTING"), never_started("jupyter"), probes=[ok("mlflow", good=False)]), SETTINGS)
