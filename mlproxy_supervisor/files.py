@@ -8,9 +8,9 @@ import pwd
 from pathlib import Path
 
 
-def write_atomically(path: Path, content: str, mode: int = 0o600) -> None:
-    """Readers see the old content or the new, never a partial write; the file has `mode` from
-    its first byte (no window where a secret is readable by others)."""
+def write_atomically(path: Path, content: str, mode: int = 0o600, group: int | None = None) -> None:
+    """Readers see the old content or the new, never a partial write; the file has `mode` (and
+    `group`, a gid) before it appears under its name (no window where a secret is readable by others)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -18,6 +18,8 @@ def write_atomically(path: Path, content: str, mode: int = 0o600) -> None:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(content)
         os.chmod(temporary, mode)  # the umask may have narrowed it (0644 unit files)
+        if group is not None:
+            os.chown(temporary, -1, group)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

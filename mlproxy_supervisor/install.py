@@ -196,13 +196,8 @@ def ensure_config(user: pwd.struct_passwd) -> None:
     if CONFIG_FILE.exists():
         say(f"kept the existing {CONFIG_FILE}")
         return
-    temporary = CONFIG_FILE.with_name(f".{CONFIG_FILE.name}.tmp")
-    # Root owns it, the service reads it: it may hold a database password.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(DEFAULT_CONFIG)
-    os.chown(temporary, 0, user.pw_gid)
-    os.replace(temporary, CONFIG_FILE)
+    # Root owns it (install runs as root), the service's group reads it: it may hold a database password.
+    files.write_atomically(CONFIG_FILE, DEFAULT_CONFIG, 0o640, group=user.pw_gid)
     say(f"wrote the default configuration {CONFIG_FILE}")
 
 
@@ -213,10 +208,7 @@ def write_unit(settings: Settings) -> bool:
         say(f"{UNIT_PATH} is up to date")
         return False
     existed = UNIT_PATH.exists()
-    temporary = UNIT_PATH.with_name(f".{UNIT_PATH.name}.tmp")
-    temporary.write_text(text)
-    temporary.chmod(0o644)
-    os.replace(temporary, UNIT_PATH)
+    files.write_atomically(UNIT_PATH, text, 0o644)
     say(f"{'updated' if existed else 'installed'} {UNIT_PATH} (ExecStart={sys.executable} -m mlproxy_supervisor up)")
     return True
 

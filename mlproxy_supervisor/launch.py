@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import credentials, schema, sqlite_store
+from .programs import SERVICES
 
 if TYPE_CHECKING:  # not imported at run time: the launcher must start fast
     from .config import Settings
 
-SERVICES = ("mlflow", "jupyter")
 
 
 class LaunchError(Exception):
@@ -244,7 +244,7 @@ def prepare_jupyter(spec: dict) -> str:
 
 def exec_server(spec: dict) -> None:
     env = {**os.environ, **spec["env"]}
-    env.pop("JUPYTER_TOKEN", None)  # the file is the one source; keep the value out of environments
+    env.pop(credentials.TOKEN_ENV, None)  # the file is the one source; keep the value out of environments
     try:
         if spec["service"] == "mlflow":
             if MLFLOW_SERVER_ENV["boot_id"] in env:

@@ -14,8 +14,8 @@ from pathlib import Path
 from string import Template
 
 from .config import Settings
+from .programs import PROGRAMS
 
-PROGRAMS = ("agent", "mlflow", "jupyter")
 LOG_FORWARDER = "logs"  # stdout and journal modes: copies every program's lines out
 LOG_MAXBYTES = "10MB"
 LOG_BACKUPS = 5

@@ -28,7 +28,7 @@ from .timings import ORPHAN_GRACE
 PR_SET_CHILD_SUBREAPER = 36
 # Read here and never passed on: a JUPYTER_TOKEN given to `up` is stored in the token file,
 # which is the one source the programs read.
-CONSUMED_ENV = ("JUPYTER_TOKEN",)
+CONSUMED_ENV = (credentials.TOKEN_ENV,)
 # An agent that runs but writes no status document for this long is stuck (it writes its first one
 # within a loop step, about a second); `up` then stops with the agent's last log lines.
 AGENT_SILENCE = 30.0
@@ -238,7 +238,7 @@ def run(settings: Settings) -> int:
         return 1 if all(problem.may_pass for problem in problems) else EXIT_CONFIG
     if settings.state_dir.stat().st_uid == os.geteuid():
         settings.state_dir.chmod(0o700)  # made before this umask (by hand, an older mlproxy): close it
-    provided = os.environ.get("JUPYTER_TOKEN")
+    provided = os.environ.get(credentials.TOKEN_ENV)
     token_generated = provided is None and not settings.jupyter.token_file.exists()
     try:
         token = credentials.ensure_token(settings.jupyter.token_file, provided)

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from ..programs import SERVICES
 from ..rpc import ALIVE_STATES, BACKOFF, EXITED, FATAL, STOPPED, STOPPING, ProcessInfo
 
 if TYPE_CHECKING:  # annotations only (see probes.py)
     from ..config import AgentSettings
 
-SERVICES = ("mlflow", "jupyter")
 DEPENDS_ON: dict[str, tuple[str, ...]] = {"mlflow": (), "jupyter": ("mlflow",)}
 ROUTE = "route"
 STORAGE = "storage"

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlproxy_supervisor import credentials, launch, schema, supervisord_conf
+from mlproxy_supervisor import credentials, files, launch, schema, supervisord_conf
 from mlproxy_supervisor.agent import metrics, report
 from mlproxy_supervisor.agent.notify import Notifier
 from mlproxy_supervisor.agent.reconcile import Memory, Phase, ProbeResult
@@ -58,6 +58,16 @@ def test_same_origin(origin, host, scheme, same):
 
 def settings(tmp_path, **values) -> Settings:
     return Settings(state_dir=tmp_path, **values)
+
+
+def test_an_atomic_write_has_its_mode_and_group_before_it_has_its_name(tmp_path):
+    target = tmp_path / "mlproxy.toml"
+    target.write_text("old\n")
+    group = 65534 if os.geteuid() == 0 else os.getegid()  # nogroup, as root; else our own
+    files.write_atomically(target, "new\n", 0o640, group=group)
+    info = target.stat()
+    assert target.read_text() == "new\n" and stat.S_IMODE(info.st_mode) == 0o640 and info.st_gid == group
+    assert [p.name for p in tmp_path.iterdir()] == ["mlproxy.toml"]  # no temporary left behind
 
 
 def test_supervisord_programs_render_to_valid_ini_with_the_policies(tmp_path):
