@@ -12,17 +12,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
 from . import credentials
 from .config import Settings
 
 TIMEOUT = 6 * 3600  # seconds: a large store dumps for a long time; a hung server is the operator's call
+# pg_advisory_lock key ("mlproxy" in ASCII) that every mlproxy host holds while it checks and
+# upgrades the schema: one upgrades, the others wait for it.
+SCHEMA_LOCK = 0x6D6C70726F7879
 
 
 class PostgresError(Exception):
@@ -36,6 +37,9 @@ def is_postgres(uri: str) -> bool:
 def connection(uri: str, credentials_file: str | None) -> tuple[str, str | None]:
     """(libpq URI without any password, the password or None). The password may be in the URI
     (user:password@ or ?password=), else in the store's credential sources."""
+    from sqlalchemy.engine import URL, make_url  # here: `mlproxy up` imports this module, and SQLAlchemy takes 0.5 s
+    from sqlalchemy.exc import ArgumentError
+
     try:
         url = make_url(uri)
     except ArgumentError:
@@ -91,19 +95,70 @@ def dump(settings: Settings, target: Path) -> None:
     _run(settings, "pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--file={target}")
 
 
+def upgrade(settings: Settings, keep_alive) -> None:
+    """`mlflow db upgrade`, the password in a PGPASSFILE (never argv); keep_alive() each second."""
+    uri, password = connection(settings.mlflow.backend_store_uri, settings.mlflow.credentials_file)
+    with _environment(password) as env:
+        process = subprocess.Popen([sys.executable, "-m", "mlflow", "db", "upgrade", uri], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while True:
+            try:
+                _, errors = process.communicate(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                keep_alive()
+    if process.returncode != 0:
+        message = errors.strip().replace(password, "***") if password else errors.strip()
+        raise PostgresError(f"`mlflow db upgrade` failed (exit {process.returncode}): {message[-2000:]}")
+
+
 def restore(settings: Settings, source: Path) -> None:
     """Replace the database's objects with the dump's, all or nothing (one transaction)."""
     _run(settings, "pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
          "--single-transaction", "--exit-on-error", str(source))  # fmt: skip
 
 
+class SchemaSession:
+    """A connection to MLflow's database for its schema: the revision, and the upgrade lock. The
+    lock belongs to the session and goes with the connection, a killed `mlproxy up` included."""
+
+    def __init__(self, uri: str, credentials_file: str | None):
+        import psycopg  # the postgres extra, which MLflow needs for postgresql:// too
+
+        self.uri, self._password = connection(uri, credentials_file)
+        self._errors = psycopg.Error
+        try:
+            self._db = psycopg.connect(self.uri, password=self._password, autocommit=True, connect_timeout=10)
+        except psycopg.Error as error:
+            raise self._failure(error) from None
+
+    def _failure(self, error: Exception) -> PostgresError:
+        message = str(error).strip()
+        return PostgresError(message.replace(self._password, "***") if self._password else message)
+
+    def _one(self, query: str, *args):
+        try:
+            row = self._db.execute(query, args or None).fetchone()
+        except self._errors as error:
+            raise self._failure(error) from None
+        return row[0] if row else None
+
+    def revision(self) -> str | None:
+        """MLflow's alembic revision in the database, or None when it has none yet."""
+        if self._one("SELECT to_regclass('alembic_version')") is None:
+            return None
+        return self._one("SELECT version_num FROM alembic_version")
+
+    def try_lock(self) -> bool:
+        return bool(self._one("SELECT pg_try_advisory_lock(%s)", SCHEMA_LOCK))
+
+    def close(self) -> None:
+        self._db.close()
+
+
 def schema_revision(settings: Settings) -> str | None:
     """MLflow's alembic revision in the database, or None when it has none yet."""
-    query = "SELECT version_num FROM alembic_version"
+    session = SchemaSession(settings.mlflow.backend_store_uri, settings.mlflow.credentials_file)
     try:
-        output = _run(settings, "psql", "--no-psqlrc", "--tuples-only", "--no-align", "--command", query)
-    except PostgresError as error:
-        if 'relation "alembic_version" does not exist' in str(error):
-            return None
-        raise
-    return output.strip() or None
+        return session.revision()
+    finally:
+        session.close()

@@ -51,7 +51,7 @@ class Problem:
         return f"{self.what}\n    fix: {self.fix}"
 
 
-def _as_this_user() -> str:
+def as_this_user() -> str:
     """The prefix that runs a printed command as the stack's user, for whoever reads it. Under
     systemd that is an operator (often root) reading the journal: run as root, the command would
     leave root-owned files in the service's data directory. runuser is util-linux, on every
@@ -207,7 +207,7 @@ def check_schema(settings: Settings) -> list[Problem]:
     if state is None or state.up_to_date:
         return []
     if state.newer_than_mlflow or settings.mlflow.schema_upgrade == "refuse":
-        refusal = schema.refusal(state, settings.mlflow.backend_store_uri, _as_this_user())
+        refusal = schema.refusal(state, settings.mlflow.backend_store_uri, as_this_user())
         return [Problem(refusal, "see above; your data was not touched")]
     return []  # backup-and-upgrade: the launcher does it before MLflow starts (launch.py)
 

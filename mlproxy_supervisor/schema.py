@@ -29,7 +29,7 @@ class SchemaError(Exception):
 
 @dataclass(frozen=True)
 class SchemaState:
-    database: Path
+    database: Path | str  # a SQLite file, or a PostgreSQL URI without its password
     current: str | None  # None: a new, empty database
     expected: str
     known: frozenset[str]
@@ -125,12 +125,64 @@ def refusal(state: SchemaState, uri: str, run_as: str = "") -> str:
             f"MLflow does not know: it was written by a newer MLflow. Install that MLflow version, "
             "or point mlflow.backend_store_uri at another database. Nothing was changed."
         )
+    if isinstance(state.database, Path):
+        backup = f"{run_as}cp {state.database} {state.database}.bak"
+    else:  # the URI without its password, which libpq takes from PGPASSWORD or ~/.pgpass
+        uri, backup = state.database, f"{run_as}{sys.executable} -m mlproxy_supervisor backup BACKUP_DIR"
     return (
         f"the MLflow database {state.database} has an out-of-date schema (revision {state.current}, "
         f"this MLflow expects {state.expected}). Nothing was changed. Either back it up and upgrade:\n"
-        f"    {run_as}cp {state.database} {state.database}.bak && {run_as}{sys.executable} -m mlflow db upgrade {uri}\n"
+        f"    {backup} && {run_as}{sys.executable} -m mlflow db upgrade {uri}\n"
         'or let mlproxy do both: set schema_upgrade = "backup-and-upgrade" in [mlflow].'
     )
+
+
+def prepare_postgres(settings, say, keep_alive, run_as: str = "") -> None:
+    """Refuse, or back up and upgrade, an out-of-date PostgreSQL schema before MLflow starts.
+
+    Run by `mlproxy up`, not by the launcher: a launcher waiting on another host, or on the
+    database server's work, uses no CPU, and the agent would take it for a hung start. Hosts
+    starting together on one database take turns under an advisory lock: one upgrades while the
+    others wait, then find the schema current. Raises SchemaError when the schema is refused."""
+    from . import postgres_store
+
+    expected, known = _migration_revisions()
+    if expected is None:
+        return
+    try:
+        session = postgres_store.SchemaSession(settings.mlflow.backend_store_uri, settings.mlflow.credentials_file)
+    except postgres_store.PostgresError as error:
+        # Not there yet: MLflow's start reports the same cause, and the agent retries it.
+        say(f"cannot check the schema of the MLflow database: {error}")
+        return
+    try:
+        if not session.try_lock():
+            say(f"waiting for another mlproxy host to finish with the schema of {session.uri}")
+            while not session.try_lock():
+                keep_alive()
+                time.sleep(1)
+        state = SchemaState(session.uri, session.revision(), expected, known)
+        if state.up_to_date:
+            return
+        if state.newer_than_mlflow or settings.mlflow.schema_upgrade == "refuse":
+            raise SchemaError(refusal(state, session.uri, run_as))
+        backup = settings.state_dir / "backups" / f"mlflow-{state.current}-{time.strftime('%Y%m%d-%H%M%S')}.pgdump"
+        backup.parent.mkdir(mode=0o700, exist_ok=True)
+        say(f"backing up {session.uri} to {backup} (pg_dump), then upgrading its schema from {state.current} to {state.expected}")
+        postgres_store.dump(settings, backup)
+        try:
+            postgres_store.upgrade(settings, keep_alive)
+        except postgres_store.PostgresError as error:
+            raise SchemaError(
+                f"{error}\nThe database may be partly upgraded; the dump taken before is {backup} "
+                f"(pg_restore --clean --if-exists --no-owner --single-transaction --dbname={session.uri} {backup} "
+                "puts it back). Nothing else was changed."
+            ) from None
+        say(f"upgraded the schema of {session.uri} to {state.expected}; the dump taken before is {backup}")
+    except postgres_store.PostgresError as error:
+        raise SchemaError(f"cannot check or upgrade the schema of the MLflow database: {error}") from None
+    finally:
+        session.close()
 
 
 def upgrade_marker(database: Path) -> Path:

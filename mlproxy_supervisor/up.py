@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import credentials, launch, preflight, procfs, supervisord_conf
+from . import credentials, launch, postgres_store, preflight, procfs, schema, supervisord_conf
 from .agent.notify import Notifier
 from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .exits import EXIT_CONFIG
@@ -238,6 +238,15 @@ def run(settings: Settings) -> int:
         return 1 if all(problem.may_pass for problem in problems) else EXIT_CONFIG
     if settings.state_dir.stat().st_uid == os.geteuid():
         settings.state_dir.chmod(0o700)  # made before this umask (by hand, an older mlproxy): close it
+    if postgres_store.is_postgres(settings.mlflow.backend_store_uri):
+        notifier = Notifier()
+        # Under systemd: the start may wait on another host's upgrade; it is alive, not hung.
+        keep_alive = lambda: notifier.send(f"WATCHDOG=1\nEXTEND_TIMEOUT_USEC={30 * 10**6}")  # noqa: E731
+        try:
+            schema.prepare_postgres(settings, say, keep_alive, preflight.as_this_user())
+        except schema.SchemaError as error:
+            print(f"mlproxy: cannot start: {error}", file=sys.stderr)
+            return EXIT_CONFIG
     provided = os.environ.get(credentials.TOKEN_ENV)
     token_generated = provided is None and not settings.jupyter.token_file.exists()
     try:

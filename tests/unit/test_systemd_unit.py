@@ -180,11 +180,11 @@ def test_a_refusal_that_needs_a_person_is_not_restarted():
 
 def test_the_printed_fix_runs_as_the_services_user_under_systemd(monkeypatch):
     monkeypatch.delenv("INVOCATION_ID", raising=False)
-    assert preflight._as_this_user() == ""  # `mlproxy up` in a shell: its reader is this user
+    assert preflight.as_this_user() == ""  # `mlproxy up` in a shell: its reader is this user
     monkeypatch.setenv("INVOCATION_ID", "0123abcd")
     monkeypatch.setattr(preflight.os, "geteuid", lambda: 998)
     monkeypatch.setattr(preflight, "current_user", lambda: "mlproxy")
-    assert preflight._as_this_user() == "runuser -u mlproxy -- "
+    assert preflight.as_this_user() == "runuser -u mlproxy -- "
 
 
 def test_the_log_listener_ends_a_requested_stop_with_status_0():
