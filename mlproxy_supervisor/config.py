@@ -72,8 +72,9 @@ class MLflowSettings(_Section):
     job_execution: bool = Field(False, description="Run MLflow's job runner (huey consumers).")
     schema_upgrade: Literal["refuse", "backup-and-upgrade"] = Field(
         "refuse",
-        description="What to do with an out-of-date SQLite schema: refuse with the upgrade "
-        "command, or back the database up and run `mlflow db upgrade`.",
+        description="What to do with an out-of-date schema: refuse with the upgrade command, or back "
+        "the database up (a copy; pg_dump on PostgreSQL) and run `mlflow db upgrade`. Hosts sharing a "
+        "PostgreSQL database take turns: one upgrades, the others wait for it.",
     )
     sqlite_journal_mode: Literal["wal", "delete"] = Field(
         "delete",

@@ -60,8 +60,8 @@ class Postgres:
     def create_database(self, name: str) -> None:
         self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlproxy", name)
 
-    def sql(self, statement: str) -> str:
-        return self._run(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlproxy", "-d", "postgres",
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        return self._run(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "mlproxy", "-d", database,
                          "--no-psqlrc", "-At", "-v", "ON_ERROR_STOP=1", "-c", statement).stdout  # fmt: skip
 
     def stop_server(self) -> None:
