@@ -122,9 +122,11 @@ class SchemaSession:
     lock belongs to the session and goes with the connection, a killed `mlproxy up` included."""
 
     def __init__(self, uri: str, credentials_file: str | None):
-        import psycopg  # the postgres extra, which MLflow needs for postgresql:// too
-
         self.uri, self._password = connection(uri, credentials_file)
+        try:
+            import psycopg  # the postgres extra (a postgresql+psycopg2:// store may lack it)
+        except ImportError:
+            raise PostgresError("psycopg is not installed: pip install -c constraints.txt '.[postgres]'") from None
         self._errors = psycopg.Error
         try:
             self._db = psycopg.connect(self.uri, password=self._password, autocommit=True, connect_timeout=10)
