@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # not imported at run time: the launcher must start fast
     from .config import Settings
 
 
-
 class LaunchError(Exception):
     pass
 

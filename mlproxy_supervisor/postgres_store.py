@@ -53,6 +53,12 @@ def connection(uri: str, credentials_file: str | None) -> tuple[str, str | None]
     return plain.render_as_string(hide_password=False), password
 
 
+def _masked(text: str, password: str | None) -> str:
+    """A tool's or the driver's message, which may quote the password, without it."""
+    text = text.strip()
+    return text.replace(password, "***") if password else text
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
@@ -82,10 +88,7 @@ def _run(settings: Settings, tool: str, *args: str) -> str:
             [tool, *args, f"--dbname={uri}"], env=env, check=False, capture_output=True, text=True, timeout=TIMEOUT
         )
     if result.returncode != 0:
-        message = result.stderr.strip()
-        if password:
-            message = message.replace(password, "***")
-        raise PostgresError(f"{tool} failed (exit {result.returncode}): {message[-2000:]}")
+        raise PostgresError(f"{tool} failed (exit {result.returncode}): {_masked(result.stderr, password)[-2000:]}")
     return result.stdout
 
 
@@ -107,8 +110,7 @@ def upgrade(settings: Settings, keep_alive) -> None:
             except subprocess.TimeoutExpired:
                 keep_alive()
     if process.returncode != 0:
-        message = errors.strip().replace(password, "***") if password else errors.strip()
-        raise PostgresError(f"`mlflow db upgrade` failed (exit {process.returncode}): {message[-2000:]}")
+        raise PostgresError(f"`mlflow db upgrade` failed (exit {process.returncode}): {_masked(errors, password)[-2000:]}")
 
 
 def restore(settings: Settings, source: Path) -> None:
@@ -134,8 +136,7 @@ class SchemaSession:
             raise self._failure(error) from None
 
     def _failure(self, error: Exception) -> PostgresError:
-        message = str(error).strip()
-        return PostgresError(message.replace(self._password, "***") if self._password else message)
+        return PostgresError(_masked(str(error), self._password))
 
     def _one(self, query: str, *args):
         try:

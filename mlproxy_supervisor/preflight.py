@@ -199,7 +199,7 @@ def check_not_running(settings: Settings) -> list[Problem]:
 def check_schema(settings: Settings) -> list[Problem]:
     database = schema.sqlite_database(settings.mlflow.backend_store_uri)
     if database is None:
-        return []
+        return []  # PostgreSQL: `up` checks it under the hosts' lock (schema.prepare_postgres)
     try:
         state = schema.inspect_sqlite(database)
     except schema.SchemaError as error:

@@ -238,8 +238,10 @@ def run(settings: Settings) -> int:
         return 1 if all(problem.may_pass for problem in problems) else EXIT_CONFIG
     if settings.state_dir.stat().st_uid == os.geteuid():
         settings.state_dir.chmod(0o700)  # made before this umask (by hand, an older mlproxy): close it
+    # Under systemd, StatusText= is the agent's; what only `up` sees (a stop asked for,
+    # supervisord gone) it says itself, so the status is never a stale "ready".
+    notifier = Notifier()
     if postgres_store.is_postgres(settings.mlflow.backend_store_uri):
-        notifier = Notifier()
         # Under systemd: the start may wait on another host's upgrade; it is alive, not hung.
         keep_alive = lambda: notifier.send(f"WATCHDOG=1\nEXTEND_TIMEOUT_USEC={30 * 10**6}")  # noqa: E731
         try:
@@ -269,9 +271,6 @@ def run(settings: Settings) -> int:
     )
     stopping = False
     failed = False
-    # Under systemd, StatusText= is the agent's; what only `up` sees (a stop asked for,
-    # supervisord gone) it says itself, so the status is never a stale "ready".
-    notifier = Notifier()
 
     def request_stop(signum, frame):
         nonlocal stopping
