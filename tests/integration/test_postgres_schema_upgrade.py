@@ -22,14 +22,15 @@ pytestmark = [
     pytest.mark.skipif(binaries() is None, reason="PostgreSQL is not installed (apt-get install postgresql)"),
 ]
 
-HOST_A, HOST_B = ports(35888, 35001, 35181), ports(35889, 35002, 35182)
+# Below the kernel's ephemeral range (32768-60999): no client socket can hold these ports.
+HOST_A, HOST_B = ports(23888, 23001, 23181), ports(23889, 23002, 23182)
 STEPS_BEHIND = 20  # migrations behind MLflow's head
 WAITING = "waiting for another mlproxy host to finish with the schema"
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    server = Postgres(35432 + PORT_OFFSET).init()
+    server = Postgres(23432 + PORT_OFFSET).init()
     server.start()
     yield server
     server.stop()
