@@ -251,11 +251,14 @@ def test_postgresql_restarted_mid_load_degrades_then_recovers_without_losing_ack
 
 def test_killing_host_a_mlflow_leaves_host_b_serving(hosts):
     a, b = hosts
-    os.kill(a.pid("mlflow"), 9)
+    killed = a.pid("mlflow")
+    os.kill(killed, 9)
     experiment = f"b-alone-{uuid.uuid4().hex[:8]}"
     created = b.session().post(b.url("mlflow/api/2.0/mlflow/experiments/create"), json={"name": experiment}, timeout=30)
     assert created.status_code == 200, created.text
     assert b.status()["overall"] == "ready"
-    a.wait_ready(timeout=180)  # A's agent and supervisord bring it back
+    # A's agent and supervisord bring it back. Wait for a ready status about the new process: one
+    # written before the agent noticed the kill still says ready (a CI run read it and got 503).
+    a.wait_for(lambda s: s["overall"] == "ready" and s["services"]["mlflow"]["pid"] not in (0, killed), timeout=180, what="host A ready on a new MLflow")
     found = a.session().get(a.url("mlflow/api/2.0/mlflow/experiments/get-by-name"), params={"experiment_name": experiment}, timeout=30)
     assert found.status_code == 200 and found.json()["experiment"]["name"] == experiment
