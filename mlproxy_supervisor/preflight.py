@@ -113,7 +113,9 @@ def _writable_directory(path: Path, key: str, mode: int = 0o755) -> Problem | No
     return None
 
 
-def check_directories(settings: Settings) -> list[Problem]:
+def writable_directories(settings: Settings) -> list[tuple[Path, str]]:
+    """Every directory the stack writes to, with the setting that puts it there; the state
+    directory first. Checked here before a start, and kept writable by the systemd unit."""
     directories = [
         (settings.state_dir, "state_dir"),
         (settings.runtime_dir, "runtime_dir"),
@@ -126,8 +128,13 @@ def check_directories(settings: Settings) -> list[Problem]:
     database = schema.sqlite_database(settings.mlflow.backend_store_uri)
     if database is not None:
         directories.append((database.parent, "the directory of mlflow.backend_store_uri"))
+    return directories
+
+
+def check_directories(settings: Settings) -> list[Problem]:
+    database = schema.sqlite_database(settings.mlflow.backend_store_uri)
     problems, unusable = [], []
-    for path, key in directories:
+    for path, key in writable_directories(settings):
         if any(path == bad or bad in path.parents for bad in unusable):
             continue  # inside a directory already reported: one cause, one message
         problem = _writable_directory(path, key)

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import supervisord_conf
+from . import preflight, supervisord_conf
 from .agent import probes
 from .agent.reconcile import ROUTE
 from .config import Settings
@@ -96,16 +96,8 @@ def _round_up(value: float, step: int) -> int:
 
 def writable_paths(settings: Settings) -> list[Path]:
     """Configured directories outside the unit's own, which ProtectSystem=strict must leave writable."""
-    candidates = [settings.state_dir, settings.log_dir, settings.runtime_dir, settings.jupyter.root_dir]
-    if settings.mlflow.artifacts_destination.startswith("/"):
-        candidates.append(Path(settings.mlflow.artifacts_destination))
-    from .schema import sqlite_database
-
-    database = sqlite_database(settings.mlflow.backend_store_uri)
-    if database is not None:
-        candidates.append(database.parent)
     result: list[Path] = []
-    for path in candidates:  # the state directory comes first, so what lies inside it is covered
+    for path, _ in preflight.writable_directories(settings):  # the state directory first: it covers what lies inside
         if not any(path == base or base in path.parents for base in (STATE_DIR, RUNTIME_DIR, LOG_DIR, *result)):
             result.append(path)
     return result
