@@ -148,6 +148,7 @@ class RouteMemory:
     next_probe: float = 0.0
     last_probe: ProbeResult | None = None
     last_error: str = ""
+    waiting_since: float = 0.0  # monotonic time MLflow and Jupyter were ready and the route was not yet
 
 
 @dataclass(frozen=True)
@@ -445,19 +446,25 @@ def _apply_route_probe(
     if not all(services[name].ready for name in SERVICES):
         if route.ready:
             events.append(Event(ROUTE, "down", "a service is not ready"))
-        return replace(route, ready=False, failures=0)
+        return replace(route, ready=False, failures=0, waiting_since=0.0)
+    if not route.ready and not route.waiting_since:
+        route = replace(route, waiting_since=seen.now)
     for result in seen.probes:
         if result.target != ROUTE:
             continue
         if result.ok:
             if not route.ready:
-                events.append(Event(ROUTE, "ready", f"{result.latency * 1000:.0f} ms"))
+                # The time a user waited once both services were ready, not the probe's round trip.
+                waited = seen.now - route.waiting_since
+                detail = f"{waited:.1f} s after MLflow and Jupyter were ready (its probe answered in {result.latency * 1000:.0f} ms)"
+                events.append(Event(ROUTE, "ready", detail))
             route = replace(route, ready=True, failures=0, last_probe=result, next_probe=_next_due(result, seen, settings.readiness.period))
             continue
         failures = route.failures + 1
         still_ready = route.ready and failures < settings.readiness.failure_threshold
         if route.ready and not still_ready:
             events.append(Event(ROUTE, "unready", result.detail))
+            route = replace(route, waiting_since=seen.now)
         period = settings.readiness.period if still_ready else settings.startup_period
         route = replace(route, ready=still_ready, failures=failures, last_probe=result, last_error=result.detail, next_probe=_next_due(result, seen, period))
     return route

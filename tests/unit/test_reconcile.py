@@ -95,6 +95,15 @@ def test_stack_is_ready_only_once_the_route_works():
     assert ("route", "stack-ready") in [(e.service, e.kind) for e in events]
 
 
+def test_the_route_ready_event_says_how_long_it_took_after_both_services():
+    memory = replace(ready_memory(), route=Memory().route, ever_ready=False)
+    memory, _, _ = reconcile(memory, seen(proc("mlflow"), proc("jupyter")), SETTINGS)
+    later = NOW + 2.5
+    _, _, events = reconcile(memory, seen(proc("mlflow", now=later), proc("jupyter", now=later), probes=[ok("route")], now=later), SETTINGS)
+    ready = next(e for e in events if (e.service, e.kind) == ("route", "ready"))
+    assert ready.detail == "2.5 s after MLflow and Jupyter were ready (its probe answered in 10 ms)"
+
+
 def test_crash_restarted_by_supervisord_is_followed_and_counted():
     memory = ready_memory()
     memory, actions, _ = reconcile(memory, seen(proc("mlflow", "BACKOFF"), proc("jupyter")), SETTINGS)
