@@ -76,6 +76,7 @@ def test_port_in_use_is_named(tmp_path):
     assert result.returncode == 1  # may pass by itself (a process ending): worth systemd's retry
     assert f"port {PORTS['jupyter_port']} (jupyter.port)" in result.stderr
     assert f"pid {os.getpid()}" in result.stderr, "the message should say who holds the port"
+    assert "{" not in result.stderr and "Traceback" not in result.stderr, result.stderr  # no Python dict, no traceback
     assert not (stack.state_dir / "run" / "supervisord.sock").exists()
 
 
