@@ -9,7 +9,8 @@ One mlproxy stack (`mlproxy up`), and beside it, on the same MLflow:
   extension disabled, its jupyter-server-proxy entry point filtered out), serving MLflow through
   jupyter-server-proxy's generic /proxy/<port>/ route, as every setup without mlproxy does;
 - "nginx": Debian's nginx (`apt-get install nginx-light`) run by hand as a reverse proxy, for the
-  small calls (the production alternative).
+  small calls (the production alternative). The stock route serves the small calls too: what
+  any route through Jupyter's tornado server costs, ours or not.
 
 Artifact transfers: curl for every route (the same client: `-T` PUT to mlflow-artifacts, GET to
 /dev/null), a file of random bytes in /var/tmp, runs interleaved route by route. Jupyter's peak
@@ -58,7 +59,7 @@ UNITS = {"M": MB, "G": 1 << 30}
 BASE_PORTS = dict(jupyter=41888, mlflow=41001, metrics=41181, stock=41889, nginx=41080)
 ARTIFACTS_API = "api/2.0/mlflow-artifacts/artifacts"
 ROUTES = ("direct", "mlflow", "stock")  # artifact transfers
-CALL_ROUTES = ("direct", "mlflow", "nginx")  # small REST calls
+CALL_ROUTES = ("direct", "mlflow", "stock", "nginx")  # small REST calls; stock: what any route through Jupyter costs
 LABELS = {"direct": "direct to MLflow", "mlflow": "mlproxy /mlflow/", "stock": "stock jupyter-server-proxy /proxy/<port>/", "nginx": "nginx"}
 # The issue's targets.
 THROUGHPUT_RATIO, RSS_GROWTH_MB, P50_SLACK_MS, C8_RATIO = 0.90, 64, 2.0, 0.95
@@ -435,11 +436,13 @@ def summarize(transfers: list[dict], calls: dict) -> dict:
     throughput_ok = all(r["mlflow"]["of_direct"] is not None and r["mlflow"]["of_direct"] >= THROUGHPUT_RATIO for r in rows)
     rss_ok = all(r["mlflow"]["rss_growth_mb_max"] is not None and r["mlflow"]["rss_growth_mb_max"] <= RSS_GROWTH_MB for r in rows)
     p50_over = {name: by_route["mlflow"]["p50_ms"] - by_route["direct"]["p50_ms"] for name, by_route in calls.items()}
+    stock_p50_over = {name: by_route["stock"]["p50_ms"] - by_route["direct"]["p50_ms"] for name, by_route in calls.items()}
     c8_ratio = {name: by_route["mlflow"]["per_s"] / by_route["direct"]["per_s"] for name, by_route in calls.items() if name.endswith("c=8")}
     stock_failures = [f"{r['size']} {r['direction']}" for r in rows if r["stock"]["failed"]]
     return {
         "transfers": rows,
         "p50_over_direct_ms": p50_over,
+        "stock_p50_over_direct_ms": stock_p50_over,
         "c8_throughput_of_direct": c8_ratio,
         "stock_fails_from": stock_failures[0] if stock_failures else None,
         "targets": {
@@ -492,12 +495,12 @@ def markdown(results: dict) -> str:
         "Small REST calls (runs/get GET, log-metric POST; requests sessions, one per thread; median of "
         f"{conditions['rounds']} rounds of {conditions['calls']} calls): p50 / p99 in ms, and requests per second.",
         "",
-        "| call | direct | mlproxy `/mlflow/` | nginx | `/mlflow/` p50 over direct |",
-        "|---|---:|---:|---:|---:|",
+        "| call | direct | mlproxy `/mlflow/` | stock jupyter-server-proxy | nginx | `/mlflow/` p50 over direct | stock p50 over direct |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, by_route in results["calls"].items():
         cells = [f"{v['p50_ms']:.2f} / {v['p99_ms']:.2f}, {v['per_s']:.0f}/s" + (f", **{v['errors']} errors**" if v["errors"] else "") for v in (by_route[r] for r in CALL_ROUTES)]
-        lines.append(f"| {name} | {' | '.join(cells)} | {summary['p50_over_direct_ms'][name]:+.2f} ms |")
+        lines.append(f"| {name} | {' | '.join(cells)} | {summary['p50_over_direct_ms'][name]:+.2f} ms | {summary['stock_p50_over_direct_ms'][name]:+.2f} ms |")
     lines += ["", "Targets (issue #11):", ""]
     lines += [f"- {name}: {'PASS' if ok else '**MISS**'}" for name, ok in summary["targets"].items()]
     ratios = ", ".join(f"{name} {value:.0%}" for name, value in summary["c8_throughput_of_direct"].items())
