@@ -32,14 +32,25 @@ def stack(tmp_path_factory):
     stack.stop()
 
 
+@pytest.fixture(scope="module")
+def rollback_journal_stack(tmp_path_factory):
+    """The stack in SQLite's rollback-journal mode (`sqlite_journal_mode = "delete"`, for a database
+    on a network filesystem): the mode that leaves a hot journal when a writer dies."""
+    config = '[mlflow]\nsqlite_journal_mode = "delete"\n'
+    stack = Stack(tmp_path_factory.mktemp("faults-delete") / "state", **ports(19887, 19007, 19187), config=config).start(timeout=300)
+    yield stack
+    stack.stop()
+
+
 def _agent_log(stack: Stack) -> str:
     """Every agent's event log (the status document keeps only the current agent's recent ones)."""
     return "".join(path.read_text(errors="replace") for path in sorted((stack.state_dir / "logs").glob("agent.log*")))
 
 
-def test_mlflow_frozen_mid_transaction_leaves_a_hot_journal_and_the_stack_recovers(stack, tmp_path):
+def test_mlflow_frozen_mid_transaction_leaves_a_hot_journal_and_the_stack_recovers(rollback_journal_stack, tmp_path):
     """The field report: SIGSTOP of MLflow during writes, the agent kills the hung group, and the
     killed writer's hot journal must not keep MLflow down."""
+    stack = rollback_journal_stack
     load = Load(stack, tmp_path, CLIENTS, SEED)
     journal = Path(str(stack.state_dir / "mlflow.db") + "-journal")
     injector = Faults(stack, SEED)
