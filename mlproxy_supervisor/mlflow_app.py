@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from werkzeug.exceptions import InternalServerError
 
 from . import schema, sqlite_store
-from .agent.probes import MLFLOW_PROBE_PATHS
 from .launch import MLFLOW_SERVER_ENV, STORE_LOCK_ENV
+from .programs import MLFLOW_PROBE_PATHS
 
 CONNECT_TIMEOUT = 5  # seconds
 

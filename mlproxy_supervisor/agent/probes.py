@@ -16,20 +16,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .. import procfs
+from ..programs import MLFLOW_ARTIFACTS_READINESS, MLFLOW_LIVENESS, MLFLOW_READINESS
 from .reconcile import ROUTE, Activity, ProbeRequest, ProbeResult, Space
 
-if TYPE_CHECKING:  # annotations only: mlflow_app.py imports this module into MLflow's process
+if TYPE_CHECKING:  # annotations only
     from ..config import Settings
 
 USER_AGENT = "mlproxy-agent"
-# What the probes ask MLflow (directly and through Jupyter). mlflow_app.py keeps these requests
-# out of MLflow's access log, or they would be most of it (5 lines every 2 s).
-MLFLOW_LIVENESS = "/health"
-MLFLOW_READINESS = "/api/2.0/mlflow/experiments/search?max_results=1"  # touches the store
-# Lists the top of the artifact store (a directory listing, or one S3 ListObjects call of at
-# most 1000 keys): a database that answers is not enough when the object store is gone.
-MLFLOW_ARTIFACTS_READINESS = "/api/2.0/mlflow-artifacts/artifacts"
-MLFLOW_PROBE_PATHS = frozenset({MLFLOW_LIVENESS, MLFLOW_READINESS, MLFLOW_ARTIFACTS_READINESS})
 
 
 @dataclass(frozen=True)
