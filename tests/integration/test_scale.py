@@ -1,4 +1,4 @@
-"""Scale-out: PostgreSQL for runs, an S3-compatible store for artifacts (moto's server, see
+"""Scale-out: PostgreSQL for runs, an S3 store for artifacts (Ceph's radosgw, see
 tests/support/s3.py), two workers, and two mlproxy "hosts" sharing both stores.
 
 One PostgreSQL, one S3 server and two stacks serve the whole module (CI time); each test uses
@@ -48,7 +48,7 @@ def stores():
     postgres.start()
     s3 = S3Server(31900 + PORT_OFFSET).start()
     yield postgres, s3
-    s3.stop()
+    s3.close()
     postgres.stop()
 
 
@@ -169,6 +169,7 @@ def test_object_store_gone_shows_degraded_with_the_cause_and_recovers_alone(host
     a, _ = hosts
     _, s3 = stores
     before = _pids(a)
+    stored = s3.keys("mlflow/")
     s3.stop()
     try:
         down = a.wait_for(lambda s: s["overall"] == "degraded" and s["services"]["mlflow"]["phase"] == "unready", timeout=120, what="degraded")
@@ -176,9 +177,10 @@ def test_object_store_gone_shows_degraded_with_the_cause_and_recovers_alone(host
         result = a.mlproxy("status")
         assert result.returncode == 1 and "mlflow-artifacts" in result.stdout
     finally:
-        s3.start()  # moto keeps objects in memory: it comes back empty, with the bucket recreated
+        s3.start()  # the gateway comes back; the cluster kept the objects
     a.wait_ready(timeout=180)
     assert _pids(a) == before, "nothing healthy may be restarted because the object store was away"
+    assert s3.keys("mlflow/") == stored, "the objects stored before the outage must all be there after it"
 
 
 class MetricWriter(threading.Thread):
