@@ -86,13 +86,18 @@ def connections_to(pid: int, port: int) -> int:
 
 
 def unix_connections(path) -> int:
-    """How many connections the server side of a unix socket holds open: its accepted sockets, which
-    /proc/net/unix lists with the listener's path in state 03 (connected)."""
+    """How many connections the server side of a unix socket holds open."""
+    return len(unix_connection_inodes(path))
+
+
+def unix_connection_inodes(path) -> set[str]:
+    """The server side's accepted sockets of a unix socket, which /proc/net/unix lists with the
+    listener's path in state 03 (connected), by inode: the same inode is the same connection."""
     try:
         lines = Path("/proc/net/unix").read_text().splitlines()[1:]
     except OSError:
-        return 0
-    return sum(1 for line in lines if (fields := line.split()) and len(fields) == 8 and fields[5] == "03" and fields[7] == str(path))
+        return set()
+    return {fields[6] for line in lines if (fields := line.split()) and len(fields) == 8 and fields[5] == "03" and fields[7] == str(path)}
 
 
 def _open_files(pid: int) -> set[str]:

@@ -16,6 +16,9 @@ So Jupyter holds about one chunk per direction, whatever the size. Time spent wa
 MLflow's answer is read from the moment the request's headers are sent, not once its body is: MLflow
 may answer before it has read the whole body (a 507 when its disk fills mid-upload) and hang up.
 That answer is what the client gets, once its upload is in; the rest of the body goes nowhere.
+
+A connection whose request and response both went through whole, and that MLflow keeps open,
+goes back to an `IdleConnections` (connections.py) for the next request; any other is closed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ from urllib.parse import urlsplit
 from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 
-CHUNK = 1024 * 1024  # bytes per read from MLflow; the client side reads Jupyter's own chunk size
+from .connections import IdleConnections
+
+CHUNK = 1024 * 1024  # bytes at most per data_received() from MLflow
+# Bytes per socket read, both ways (tornado's default is 64 KiB): in a hand A/B of 100 MB
+# transfers, about a fifth less Jupyter CPU per MB; 1 MiB reads cost more (each zeroes its buffer).
+READ_SIZE = 256 * 1024
 FLUSH_AFTER = 64 * 1024  # smaller responses go out in one write, with tornado's Etag as before
 # Response headers that describe this hop, not the payload (tornado sets its own).
 HOP_HEADERS = frozenset({"Connection", "Keep-Alive", "Transfer-Encoding", "Proxy-Connection", "Trailer", "Upgrade"})
@@ -74,32 +82,30 @@ class Relay(httputil.HTTPMessageDelegate):
         self._waiting_since: float | None = None  # when we began waiting on MLflow, if we are
         self._unflushed = 0
         self.flush_each_chunk = False  # set from the response headers (text/event-stream)
+        self._keep_alive = False  # MLflow's response leaves the connection open for another
+        self._idle_connections: IdleConnections | None = None
+        self._address = None  # MLflow's, as the idle connections know it
         self._watchdog: asyncio.TimerHandle | None = None
 
     # --- the request --------------------------------------------------------------------
-    async def open(self, tcp_client, request) -> None:
-        """Connect to MLflow and send the request's headers (its body follows with send())."""
+    async def open(self, tcp_client, request, idle_connections: IdleConnections | None = None, address=None) -> None:
+        """Connect to MLflow (or take an idle connection to `address`) and send the request's
+        headers; its body follows with send()."""
         url = urlsplit(request.url)
         self._wait_on_mlflow()
         self._arm_watchdog()
-        try:
-            stream = await tcp_client.connect(url.hostname, url.port, timeout=self.timeout)
-        except iostream.StreamClosedError as error:
-            raise MLflowUnreachable(str(error.real_error or error)) from None
-        except TimeoutError:
-            raise MLflowTimeout(f"no connection within {self.timeout:g} s") from None
-        except OSError as error:
-            raise MLflowUnreachable(str(error)) from None
+        self._idle_connections, self._address = idle_connections, address
+        stream = idle_connections.take(address) if idle_connections is not None else None
+        if stream is None:
+            stream = await self._connect(tcp_client, url)
         stream.set_nodelay(True)
+        stream.read_chunk_size = READ_SIZE
         if self.closed:  # the client left while we connected
             stream.close()
             raise MLflowFailed("client disconnected")
-        self.connection = HTTP1Connection(
-            stream, is_client=True, params=HTTP1ConnectionParameters(no_keep_alive=True, chunk_size=CHUNK, max_body_size=sys.maxsize)
-        )
+        self.connection = HTTP1Connection(stream, is_client=True, params=HTTP1ConnectionParameters(chunk_size=CHUNK, max_body_size=sys.maxsize))
         headers = httputil.HTTPHeaders(request.headers)
         headers.pop("Expect", None)  # Jupyter answered 100-continue itself, after authenticating
-        headers["Connection"] = "close"
         target = url.path + (f"?{url.query}" if url.query else "")
         await self._mlflow(self.connection.write_headers(httputil.RequestStartLine(request.method, target, "HTTP/1.1"), headers))
         self._idle()
@@ -107,6 +113,16 @@ class Relay(httputil.HTTPMessageDelegate):
         self._answer.add_done_callback(lambda task: task.cancelled() or task.exception())  # awaited in respond()
         if not self.opened.done():
             self.opened.set_result(None)
+
+    async def _connect(self, tcp_client, url) -> iostream.IOStream:
+        try:
+            return await tcp_client.connect(url.hostname, url.port, timeout=self.timeout)
+        except iostream.StreamClosedError as error:
+            raise MLflowUnreachable(str(error.real_error or error)) from None
+        except TimeoutError:
+            raise MLflowTimeout(f"no connection within {self.timeout:g} s") from None
+        except OSError as error:
+            raise MLflowUnreachable(str(error)) from None
 
     async def send(self, chunk: bytes) -> None:
         """One chunk of the request body, forwarded before the next is read from the client."""
@@ -159,6 +175,15 @@ class Relay(httputil.HTTPMessageDelegate):
             self._stop_watchdog()
         if self.closed and not self.complete:
             raise self.failure()
+        self._release()
+
+    def _release(self) -> None:
+        """The exchange is over: the connection goes back for the next request if both sides
+        went through whole and MLflow keeps it open; otherwise it is closed."""
+        if self.complete and self._request_sent and self._keep_alive and not self.closed and self._idle_connections is not None:
+            self._idle_connections.give_back(self._address, self.connection.detach())
+        else:
+            self._hang_up()
 
     async def _read_answer(self) -> None:
         try:
@@ -184,6 +209,7 @@ class Relay(httputil.HTTPMessageDelegate):
             if name == "Location" and start_line.code in REDIRECTS:
                 value = self.rewrite_location(value)
             handler.add_header(name, value)
+        self._keep_alive = start_line.version == "HTTP/1.1" and headers.get("Connection", "").lower() != "close"
         # A stream of events must reach the client as each one is sent, not batched. Like
         # jupyter-server-proxy, the client's Accept asks for it too (a server may not label it).
         self.flush_each_chunk = any(

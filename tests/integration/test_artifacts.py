@@ -105,8 +105,28 @@ def test_one_gigabyte_artifact_round_trip_with_bounded_jupyter_memory(shared_sta
     assert after_download - after_upload <= GROWTH_LIMIT, f"... by {(after_download - after_upload) / MB:.0f} MB during the download"
 
 
+def no_connections_left(stack) -> None:
+    """Wait for Jupyter's idle keep-alive connections from earlier requests to close (it closes
+    them itself after seconds), so the next count is this test's own."""
+    wait_until(lambda: mlflow_connections(stack) == 0, 60, "earlier idle connections to MLflow to close")
+
+
+def test_small_calls_reuse_a_kept_alive_connection_to_mlflow(shared_stack):
+    """Jupyter keeps its connection to MLflow between calls instead of opening one per call."""
+    session = shared_stack.session()
+    url = shared_stack.url("mlflow/api/2.0/mlflow/experiments/search")
+    held = None  # the connections open after every call so far
+    for _ in range(20):
+        answer = session.get(url, params={"max_results": 1}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        open_now = procfs.unix_connection_inodes(shared_stack.mlflow_socket)
+        held = open_now if held is None else held & open_now
+    assert held, "no connection to MLflow outlived a call: each call opened its own"
+
+
 def test_upload_aborted_halfway_leaves_nothing(shared_stack):
     jupyter = shared_stack.pid("jupyter")
+    no_connections_left(shared_stack)
     run_path = f"0/aborted-{uuid.uuid4().hex[:8]}"
     before = procfs.peak_rss(jupyter)
     client = raw_request(
@@ -136,6 +156,7 @@ def test_download_aborted_halfway_frees_the_connection(shared_stack, tmp_path):
         assert session.put(url, data=handle, timeout=600).status_code == 200
     path.unlink()
     before = procfs.peak_rss(jupyter)
+    no_connections_left(shared_stack)
     response = session.get(url, stream=True, timeout=60)
     assert response.status_code == 200 and int(response.headers["Content-Length"]) == 300 * MB
     chunks = response.iter_content(MB)
