@@ -1,6 +1,6 @@
 """Artifacts and small REST calls through Jupyter's port, against MLflow direct and the stock routes.
 
-    python -m benchmarks.artifacts                          # 100M,1G,3G; 3 runs (3 GB: 2); see docs/benchmarks.md
+    python -m benchmarks.artifacts                          # 100M,1G,3G; 3 runs (100 MB: 9, 3 GB: 2); see docs/benchmarks.md
     python -m benchmarks.artifacts --smoke                  # 16M,64M, 1 run, few calls: results/quick.*, docs untouched
     python -m benchmarks.artifacts --sizes 100M,1G --runs 5 --calls 600 --port-offset N
 
@@ -296,7 +296,16 @@ def transfer(target: Target, direction: str, path: str, size: int, header_file: 
     return sample
 
 
-def measure_transfers(targets: dict[str, Target], stack: Stack, sizes: list[int], runs: int, big_runs: int, scratch: Path, header_file: Path) -> list[dict]:
+def runs_for(size: int, runs: int, big_runs: int, small_runs: int) -> int:
+    """Transfers under 1 GB take a second and vary most from one to the next: more of them."""
+    if size < 1 << 30:
+        return max(runs, small_runs)
+    return runs if size < 2 << 30 else min(runs, big_runs)
+
+
+def measure_transfers(
+    targets: dict[str, Target], stack: Stack, sizes: list[int], runs: tuple[int, int, int], scratch: Path, header_file: Path
+) -> list[dict]:
     """For each size: a seed file uploaded directly, then per run and route an upload (checked on
     MLflow's disk, then deleted) and a download of the seed (checked by length)."""
     artifacts = read_resolved(stack.state_dir / "run" / "resolved.json").mlflow.artifacts_destination
@@ -309,7 +318,7 @@ def measure_transfers(targets: dict[str, Target], stack: Stack, sizes: list[int]
         seed = curl(targets["direct"], "PUT", f"{ARTIFACTS_API}/{seed_path}", None, source)
         if seed["status"] != 200:
             raise RuntimeError(f"the seed upload direct to MLflow failed: {seed}")
-        count = runs if size < 2 << 30 else min(runs, big_runs)
+        count = runs_for(size, *runs)
         samples = {route: {"upload": [], "download": []} for route in ROUTES}
         for run in range(count):
             for route in ROUTES:
@@ -344,8 +353,15 @@ def _create_run(target: Target) -> str:
     return created.json()["run"]["info"]["run_id"]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def call_round(target: Target, call: str, run_id: str, clients: int, calls: int) -> dict:
-    """`calls` requests spread over `clients` threads, each with its own keep-alive session."""
+    """`calls` requests spread over `clients` threads, each with its own keep-alive session; and
+    for a route through Jupyter, the Jupyter server's CPU time per request."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -357,6 +373,8 @@ def call_round(target: Target, call: str, run_id: str, clients: int, calls: int)
         get_url, post_url = target.url("api/2.0/mlflow/runs/get"), target.url("api/2.0/mlflow/runs/log-metric")
 
         def one(step: int) -> requests.Response:
+            if call == "status":  # Jupyter alone: its authenticated API, nothing proxied
+                return session.get(target.url("api/status"), timeout=60)
             if call == "get":
                 return session.get(get_url, params={"run_id": run_id}, timeout=60)
             body = {"run_id": run_id, "key": f"bench-{threading.get_ident()}", "value": step, "timestamp": int(time.time() * 1000), "step": step}
@@ -381,13 +399,15 @@ def call_round(target: Target, call: str, run_id: str, clients: int, calls: int)
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for thread in threads:
         thread.start()
+    cpu_before = _cpu_seconds(target.jupyter_pid) if target.jupyter_pid else None
     start_together.wait()
     began = time.perf_counter()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - began
-    return {"p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
-            "per_s": len(latencies) / wall, "requests": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors))}
+    cpu_ms = (_cpu_seconds(target.jupyter_pid) - cpu_before) * 1000 / len(latencies) if cpu_before is not None else None
+    return {"p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000, "per_s": len(latencies) / wall,
+            "jupyter_cpu_ms": cpu_ms, "requests": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors))}
 
 
 def measure_calls(targets: dict[str, Target], rounds: int, calls: int) -> dict:
@@ -405,8 +425,18 @@ def measure_calls(targets: dict[str, Target], rounds: int, calls: int) -> dict:
     return results
 
 
+def measure_jupyter_alone(target: Target, rounds: int, calls: int) -> dict:
+    """Jupyter's floor: its own authenticated /api/status, sequential. Any handler inside Jupyter,
+    ours or jupyter-server-proxy's, pays at least this CPU per request before it proxies a byte."""
+    result = _median_round([call_round(target, "status", "", 1, calls) for _ in range(rounds)])
+    log(f"Jupyter alone (/api/status c=1): p50 {result['p50_ms']:.2f} ms, Jupyter CPU {result['jupyter_cpu_ms']:.2f} ms per request")
+    return result
+
+
 def _median_round(rounds: list[dict]) -> dict:
     median = {key: statistics.median(r[key] for r in rounds) for key in ("p50_ms", "p99_ms", "per_s")}
+    cpu = [r["jupyter_cpu_ms"] for r in rounds if r["jupyter_cpu_ms"] is not None]
+    median["jupyter_cpu_ms"] = statistics.median(cpu) if cpu else None
     return {**median, "rounds": len(rounds), "requests": sum(r["requests"] for r in rounds), "errors": sum(r["errors"] for r in rounds),
             "error_kinds": sorted({kind for r in rounds for kind in r["error_kinds"]})}
 
@@ -501,6 +531,18 @@ def markdown(results: dict) -> str:
     for name, by_route in results["calls"].items():
         cells = [f"{v['p50_ms']:.2f} / {v['p99_ms']:.2f}, {v['per_s']:.0f}/s" + (f", **{v['errors']} errors**" if v["errors"] else "") for v in (by_route[r] for r in CALL_ROUTES)]
         lines.append(f"| {name} | {' | '.join(cells)} | {summary['p50_over_direct_ms'][name]:+.2f} ms | {summary['stock_p50_over_direct_ms'][name]:+.2f} ms |")
+    alone = results["jupyter_alone"]
+    lines += [
+        "",
+        "The Jupyter server's CPU time per request (ms; /proc/PID/stat over each round, median of the rounds), "
+        "beside Jupyter alone: its own authenticated `/api/status`, nothing proxied, the least any handler inside Jupyter costs:",
+        "",
+        "| call | mlproxy `/mlflow/` | stock jupyter-server-proxy |",
+        "|---|---:|---:|",
+    ]
+    for name, by_route in results["calls"].items():
+        lines.append(f"| {name} | {by_route['mlflow']['jupyter_cpu_ms']:.2f} | {by_route['stock']['jupyter_cpu_ms']:.2f} |")
+    lines.append(f"| Jupyter alone, `/api/status` c=1 | {alone['jupyter_cpu_ms']:.2f} (p50 {alone['p50_ms']:.2f} ms) | |")
     lines += ["", "Targets (issue #11):", ""]
     lines += [f"- {name}: {'PASS' if ok else '**MISS**'}" for name, ok in summary["targets"].items()]
     ratios = ", ".join(f"{name} {value:.0%}" for name, value in summary["c8_throughput_of_direct"].items())
@@ -546,6 +588,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=lambda text: [parse_size(s) for s in text.split(",")], default=None, help="e.g. 100M,1G,3G (the default)")
     parser.add_argument("--runs", type=int, default=None, help="runs per size (default 3)")
     parser.add_argument("--big-runs", type=int, default=2, help="runs for sizes of 2 GB and more (default 2)")
+    parser.add_argument("--small-runs", type=int, default=9, help="runs for sizes under 1 GB (default 9)")
     parser.add_argument("--calls", type=int, default=None, help="small calls per round and concurrency (default 800)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of small calls, routes interleaved (default 3)")
     parser.add_argument("--smoke", action="store_true", help="16M,64M, 1 run, 80 calls, 1 round; writes results/quick.*, leaves the docs alone")
@@ -557,6 +600,7 @@ def main() -> int:
             setattr(args, name, value)
     if args.smoke:
         args.rounds = 1
+        args.small_runs = 1
     ports = {name: port + args.port_offset for name, port in BASE_PORTS.items()}
     busy = [port for port in ports.values() if not port_is_free(port)]
     if busy:
@@ -593,9 +637,10 @@ def main() -> int:
                 wait_answering(target, "health", 180, process)
             check_stock_is_stock(targets["stock"], targets["mlflow"])
             log(f"routes answer; transfers of {', '.join(size_label(s) for s in args.sizes)}, {args.runs} runs")
-            transfers = measure_transfers(targets, stack, args.sizes, args.runs, args.big_runs, scratch, header_file)
+            transfers = measure_transfers(targets, stack, args.sizes, (args.runs, args.big_runs, args.small_runs), scratch, header_file)
             log(f"small calls: {args.rounds} rounds of {args.calls}")
             calls = measure_calls(targets, args.rounds, args.calls)
+            jupyter_alone = measure_jupyter_alone(Target("jupyter", stack.base, token, jupyter_pid=stack.pid("jupyter")), args.rounds, args.calls)
         finally:
             for process in helpers:
                 process.terminate()
@@ -608,7 +653,7 @@ def main() -> int:
 
     command = "python -m benchmarks.artifacts" + (" --smoke" if args.smoke else "")
     if not args.smoke:
-        command += f" --sizes {','.join(size_label(s).replace(' GB', 'G').replace(' MB', 'M') for s in args.sizes)} --runs {args.runs} --big-runs {args.big_runs} --calls {args.calls} --rounds {args.rounds}"
+        command += f" --sizes {','.join(size_label(s).replace(' GB', 'G').replace(' MB', 'M') for s in args.sizes)} --runs {args.runs} --big-runs {args.big_runs} --small-runs {args.small_runs} --calls {args.calls} --rounds {args.rounds}"
     results = {
         "conditions": {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(), "smoke": args.smoke, "command": command,
@@ -618,6 +663,7 @@ def main() -> int:
         },
         "transfers": transfers,
         "calls": calls,
+        "jupyter_alone": jupyter_alone,
     }
     results["summary"] = summarize(transfers, calls)
     stem = "quick.artifacts" if args.smoke else "artifacts"
