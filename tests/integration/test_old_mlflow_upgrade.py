@@ -26,7 +26,7 @@ from tests.support.mlflow_client import run_client
 
 pytestmark = pytest.mark.integration
 
-PORTS = ports(33888, 33001, 33181)
+PORTS = ports(13888, 13001, 13181)
 OLD_SERVER_PORT = 33002 + PORT_OFFSET
 OLD_CLIENT = ROOT / "tests" / "support" / "old_mlflow_client.py"
 
