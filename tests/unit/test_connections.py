@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 
 import pytest
@@ -31,7 +32,10 @@ def _close_peers():
 
 
 def run(scenario) -> None:
-    asyncio.run(scenario())
+    # In a thread of its own: in a full run, the session's playwright driver keeps an event loop
+    # running in the main thread, and asyncio.run() refuses to start a second one there.
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, scenario()).result()
 
 
 def test_a_connection_given_back_is_taken_again_and_only_once():
