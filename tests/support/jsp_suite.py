@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -150,12 +151,22 @@ def run_suite(root: Path, state: Path) -> dict[str, str]:
     # Our extension reads MLflow's port from mlproxy's configuration, as under `mlproxy up`.
     env.update(MLPROXY_STATE_DIR=str(state), MLPROXY_MLFLOW__PORT="54321", MLPROXY_MLFLOW__LISTEN="tcp")  # their server is on TCP
     junit = root / "junit.xml"
-    result = subprocess.run(
+    # In a session of its own: the test servers their Jupyter starts (rawsocket.py) outlive it, and
+    # are ended with the session's process group.
+    suite = subprocess.Popen(
         [sys.executable, "-m", "pytest", "tests/test_proxies.py", "-p", "no:cacheprovider", "-o", "addopts=", "-o", "asyncio_mode=auto",
          f"--junitxml={junit}", "-q"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=1200, check=False,
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    assert junit.exists(), f"their suite did not run:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    try:
+        stdout, stderr = suite.communicate(timeout=1200)
+    finally:
+        try:
+            os.killpg(suite.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        suite.kill()
+    assert junit.exists(), f"their suite did not run:\n{stdout[-3000:]}\n{stderr[-3000:]}"
     return outcomes(junit)
 
 
