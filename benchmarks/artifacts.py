@@ -8,9 +8,8 @@ One mlproxy stack (`mlproxy up`), and beside it, on the same MLflow:
 - "stock": a plain `jupyter server` from this environment with nothing of ours (mlproxy's server
   extension disabled, its jupyter-server-proxy entry point filtered out), serving MLflow through
   jupyter-server-proxy's generic /proxy/<port>/ route, as every setup without mlproxy does;
-- "nginx": Debian's nginx (`apt-get install nginx-light`) run by hand as a reverse proxy, for the
-  small calls (the production alternative). The stock route serves the small calls too: what
-  any route through Jupyter's tornado server costs, ours or not.
+- "nginx": Debian's nginx (`apt-get install nginx-light`) run by hand as a streaming reverse proxy
+  (the production alternative): the cost of one more hop on this machine, whoever makes it.
 
 Artifact transfers: curl for every route (the same client: `-T` PUT to mlflow-artifacts, GET to
 /dev/null), a file of random bytes in /var/tmp, runs interleaved route by route. Jupyter's peak
@@ -58,8 +57,9 @@ MB = 1 << 20
 UNITS = {"M": MB, "G": 1 << 30}
 BASE_PORTS = dict(jupyter=41888, mlflow=41001, metrics=41181, stock=41889, nginx=41080)
 ARTIFACTS_API = "api/2.0/mlflow-artifacts/artifacts"
-ROUTES = ("direct", "mlflow", "stock")  # artifact transfers
-CALL_ROUTES = ("direct", "mlflow", "stock", "nginx")  # small REST calls; stock: what any route through Jupyter costs
+# Every route carries the transfers and the small calls. stock: what any route through Jupyter
+# costs; nginx: what one more hop costs when it is a C proxy outside Jupyter.
+ROUTES = ("direct", "mlflow", "stock", "nginx")
 LABELS = {"direct": "direct to MLflow", "mlflow": "mlproxy /mlflow/", "stock": "stock jupyter-server-proxy /proxy/<port>/", "nginx": "nginx"}
 # The targets.
 THROUGHPUT_RATIO, RSS_GROWTH_MB, P50_SLACK_MS, C8_RATIO = 0.90, 64, 2.0, 0.95
@@ -416,9 +416,9 @@ def measure_calls(targets: dict[str, Target], rounds: int, calls: int) -> dict:
     results: dict = {}
     for call in ("get", "post"):
         for clients in CONCURRENCY:
-            per_route: dict[str, list[dict]] = {route: [] for route in CALL_ROUTES}
+            per_route: dict[str, list[dict]] = {route: [] for route in ROUTES}
             for _ in range(rounds):
-                for route in CALL_ROUTES:
+                for route in ROUTES:
                     per_route[route].append(call_round(targets[route], call, run_id, clients, calls))
             results[f"{call} c={clients}"] = {route: _median_round(rounds_) for route, rounds_ in per_route.items()}
             log(f"{call} c={clients}: " + ", ".join(f"{r} p50 {v['p50_ms']:.2f} ms p99 {v['p99_ms']:.2f} ms {v['per_s']:.0f}/s" for r, v in results[f"{call} c={clients}"].items()))
@@ -459,9 +459,11 @@ def summarize(transfers: list[dict], calls: dict) -> dict:
                     "rss_growth_mb_max": max(growth) if growth else None,
                 }
             direct = row["direct"]["mb_per_s"]
-            for route in ("mlflow", "stock"):
+            for route in ("mlflow", "stock", "nginx"):
                 ours = row[route]["mb_per_s"]
                 row[route]["of_direct"] = ours / direct if ours and direct and not row[route]["failed"] else None
+            ours, nginx = row["mlflow"]["mb_per_s"], row["nginx"]["mb_per_s"]
+            row["mlflow"]["of_nginx"] = ours / nginx if ours and nginx and not row["nginx"]["failed"] else None
             rows.append(row)
     throughput_ok = all(r["mlflow"]["of_direct"] is not None and r["mlflow"]["of_direct"] >= THROUGHPUT_RATIO for r in rows)
     rss_ok = all(r["mlflow"]["rss_growth_mb_max"] is not None and r["mlflow"]["rss_growth_mb_max"] <= RSS_GROWTH_MB for r in rows)
@@ -512,12 +514,14 @@ def markdown(results: dict) -> str:
         "Artifact throughput in MB/s (MB = 2^20 bytes; median of the runs, % of direct in brackets; curl for every route), "
         "and the Jupyter server's peak RSS growth (VmHWM, reset before each transfer; the largest over the runs):",
         "",
-        "| size | direction | runs | direct | mlproxy `/mlflow/` | stock jupyter-server-proxy | RSS growth `/mlflow/` (MB) | RSS growth stock (MB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| size | direction | runs | direct | mlproxy `/mlflow/` | stock jupyter-server-proxy | nginx | `/mlflow/` of nginx | RSS growth `/mlflow/` (MB) | RSS growth stock (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in summary["transfers"]:
+        of_nginx = row["mlflow"]["of_nginx"]
         lines.append(f"| {row['size']} | {row['direction']} | {row['runs']} | {_cell(row, 'direct')} | {_cell(row, 'mlflow')} | "
-                     f"{_cell(row, 'stock')} | {_rss(row, 'mlflow')} | {_rss(row, 'stock')} |")
+                     f"{_cell(row, 'stock')} | {_cell(row, 'nginx')} | {'-' if of_nginx is None else f'{of_nginx:.0%}'} | "
+                     f"{_rss(row, 'mlflow')} | {_rss(row, 'stock')} |")
     fails = summary["stock_fails_from"]
     lines += ["", f"Stock jupyter-server-proxy: {'first failure at ' + fails if fails else 'no failure at these sizes'}.", ""]
     lines += [f"![Artifact throughput by size, route and direction]({PLOT.relative_to(DOC.parent).as_posix()})", ""]
@@ -529,7 +533,7 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, by_route in results["calls"].items():
-        cells = [f"{v['p50_ms']:.2f} / {v['p99_ms']:.2f}, {v['per_s']:.0f}/s" + (f", **{v['errors']} errors**" if v["errors"] else "") for v in (by_route[r] for r in CALL_ROUTES)]
+        cells = [f"{v['p50_ms']:.2f} / {v['p99_ms']:.2f}, {v['per_s']:.0f}/s" + (f", **{v['errors']} errors**" if v["errors"] else "") for v in (by_route[r] for r in ROUTES)]
         lines.append(f"| {name} | {' | '.join(cells)} | {summary['p50_over_direct_ms'][name]:+.2f} ms | {summary['stock_p50_over_direct_ms'][name]:+.2f} ms |")
     alone = results["jupyter_alone"]
     lines += [
@@ -547,6 +551,8 @@ def markdown(results: dict) -> str:
     lines += [f"- {name}: {'PASS' if ok else '**MISS**'}" for name, ok in summary["targets"].items()]
     ratios = ", ".join(f"{name} {value:.0%}" for name, value in summary["c8_throughput_of_direct"].items())
     lines += [f"- (c=8 throughput of direct: {ratios})"]
+    of_nginx = [f"{r['size']} {r['direction']} {r['mlflow']['of_nginx']:.0%}" for r in summary["transfers"] if r["mlflow"]["of_nginx"] is not None]
+    lines += [f"- (transfer throughput through `/mlflow/` of nginx's: {', '.join(of_nginx)})"]
     return "\n".join(lines)
 
 
@@ -558,11 +564,11 @@ def plot(results: dict, path: Path) -> None:
 
     rows = results["summary"]["transfers"]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    width = 0.27
+    width = 0.8 / len(ROUTES)
     for axis, direction in zip(axes, ("upload", "download"), strict=True):
         mine = [r for r in rows if r["direction"] == direction]
         for offset, route in enumerate(ROUTES):
-            xs = [i + (offset - 1) * width for i in range(len(mine))]
+            xs = [i + (offset - (len(ROUTES) - 1) / 2) * width for i in range(len(mine))]
             values = [r[route]["mb_per_s"] if not r[route]["failed"] else 0 for r in mine]
             axis.bar(xs, values, width, label=LABELS[route])
             for x, row in zip(xs, mine, strict=True):
@@ -572,9 +578,9 @@ def plot(results: dict, path: Path) -> None:
         axis.set_title(direction)
         axis.set_xlabel("artifact size")
     axes[0].set_ylabel("MB/s (median, curl)")
-    axes[0].legend(fontsize=8)
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(ROUTES), fontsize=8)  # below: bars fill the axes
     figure.suptitle("Artifact throughput by route" + (" (smoke run)" if results["conditions"]["smoke"] else ""))
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
 
