@@ -480,7 +480,9 @@ def summarize(transfers: list[dict], calls: dict) -> dict:
         "targets": {
             f"throughput through /mlflow/ >= {THROUGHPUT_RATIO:.0%} of direct, every size and direction": throughput_ok,
             f"Jupyter peak RSS growth <= {RSS_GROWTH_MB} MB, every size and direction": rss_ok,
-            f"small-call p50 <= {P50_SLACK_MS:g} ms over direct": all(v <= P50_SLACK_MS for v in p50_over.values()),
+            # Apart: at c=8 the machine is saturated and p50 is queueing (8 / throughput), which the c=8 throughput target covers.
+            **{f"small-call p50 <= {P50_SLACK_MS:g} ms over direct at {level}": all(v <= P50_SLACK_MS for name, v in p50_over.items() if name.endswith(level))
+               for level in (f"c={c}" for c in CONCURRENCY)},
             f"c=8 throughput >= {C8_RATIO:.0%} of direct": all(v >= C8_RATIO for v in c8_ratio.values()),
             "no small-call errors on any route": all(v["errors"] == 0 for by_route in calls.values() for v in by_route.values()),
         },
@@ -550,7 +552,8 @@ def markdown(results: dict) -> str:
     lines += ["", "Targets (issue #11):", ""]
     lines += [f"- {name}: {'PASS' if ok else '**MISS**'}" for name, ok in summary["targets"].items()]
     ratios = ", ".join(f"{name} {value:.0%}" for name, value in summary["c8_throughput_of_direct"].items())
-    lines += [f"- (c=8 throughput of direct: {ratios})"]
+    nginx = ", ".join(f"{name} {v['nginx']['per_s'] / v['direct']['per_s']:.0%}" for name, v in results["calls"].items() if name.endswith("c=8"))
+    lines += [f"- (c=8 throughput of direct: {ratios}; nginx's: {nginx})"]
     of_nginx = [f"{r['size']} {r['direction']} {r['mlflow']['of_nginx']:.0%}" for r in summary["transfers"] if r["mlflow"]["of_nginx"] is not None]
     lines += [f"- (transfer throughput through `/mlflow/` of nginx's: {', '.join(of_nginx)})"]
     return "\n".join(lines)
