@@ -66,27 +66,23 @@ def test_the_most_recently_used_connection_goes_first():
     run(scenario)
 
 
-def test_a_connection_mlflow_closed_while_idle_is_dropped_not_used():
+# While the connection sat idle, MLflow restarted (its end is gone), or sent bytes that answer no
+# request of ours: either way the connection must not carry the next request.
+DISTURBANCES = {
+    "mlflow closed its end": lambda peer: peer.close(),
+    "mlflow sent unasked bytes": lambda peer: peer.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("disturbance", DISTURBANCES)
+def test_a_connection_disturbed_while_idle_is_dropped_not_used(disturbance):
     async def scenario():
         idle = IdleConnections(idle_limit=60)
         stream, peer = connection()
         idle.give_back(MLFLOW, stream)
-        peer.close()  # MLflow restarted: its end of the idle connection is gone
+        DISTURBANCES[disturbance](peer)
         assert idle.take(MLFLOW) is None
         assert stream.closed()
-
-    run(scenario)
-
-
-def test_a_connection_with_unread_bytes_is_dropped_not_used():
-    async def scenario():
-        idle = IdleConnections(idle_limit=60)
-        stream, peer = connection()
-        idle.give_back(MLFLOW, stream)
-        peer.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")  # not an answer to any request of ours
-        assert idle.take(MLFLOW) is None
-        assert stream.closed()
-        peer.close()
 
     run(scenario)
 
