@@ -76,6 +76,7 @@ class Target:
     token: str | None = None  # Jupyter's, for the routes through Jupyter
     unix_socket: str | None = None
     jupyter_pid: int | None = None  # whose RSS the transfer may grow
+    proxy_pid: int | None = None  # the hop between client and MLflow, whose CPU (with its children's) a transfer costs
 
     def url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}"
@@ -270,12 +271,17 @@ def curl(target: Target, method: str, path: str, header_file: Path | None, uploa
             "bytes_down": int(size_down), "bytes_up": int(size_up), "error": result.stderr.strip()[-300:]}
 
 
-def transfer(target: Target, direction: str, path: str, size: int, header_file: Path | None, upload: Path | None, stored: Path | None) -> dict:
-    """One timed upload or download; a wrong status, a short body or a short stored file is a failure."""
+def transfer(
+    target: Target, direction: str, path: str, size: int, header_file: Path | None, upload: Path | None, stored: Path | None, mlflow_pid: int
+) -> dict:
+    """One timed upload or download; a wrong status, a short body or a short stored file is a failure.
+    Also the CPU seconds per GB it cost MLflow and the hop in between."""
     pid = target.jupyter_pid
     reset = pid is not None and _reset_peak(pid)
     before = _peak_rss(pid) if pid is not None else None
+    cpu_before = (_tree_cpu_seconds(mlflow_pid), _tree_cpu_seconds(target.proxy_pid) if target.proxy_pid else 0.0)
     outcome = curl(target, "PUT" if direction == "upload" else "GET", path, header_file, upload)
+    cpu_after = (_tree_cpu_seconds(mlflow_pid), _tree_cpu_seconds(target.proxy_pid) if target.proxy_pid else 0.0)
     after = _peak_rss(pid) if pid is not None else None
     if direction == "upload":
         arrived = stored.stat().st_size if stored is not None and stored.exists() else 0
@@ -286,6 +292,9 @@ def transfer(target: Target, direction: str, path: str, size: int, header_file: 
         ok = outcome["status"] == 200 and outcome["curl_exit"] == 0 and arrived == size
         speed = outcome["speed_down"]
     sample = {"ok": ok, "mb_per_s": speed / MB if ok else None, "status": outcome["status"], "curl_exit": outcome["curl_exit"], "bytes_arrived": arrived}
+    gigabytes = size / (1 << 30)
+    sample["mlflow_cpu_s_per_gb"] = (cpu_after[0] - cpu_before[0]) / gigabytes
+    sample["proxy_cpu_s_per_gb"] = (cpu_after[1] - cpu_before[1]) / gigabytes if target.proxy_pid else None
     if not ok:
         sample["failure"] = f"HTTP {outcome['status']}, curl exit {outcome['curl_exit']}, {arrived} of {size} bytes" + (f": {outcome['error']}" if outcome["error"] else "")
     if before is not None:
@@ -326,9 +335,10 @@ def measure_transfers(
                 name = f"bench/{uuid.uuid4().hex}/{route}.bin"
                 stored = Path(artifacts) / name
                 header = header_file if target.token else None
-                up = transfer(target, "upload", f"{ARTIFACTS_API}/{name}", size, header, source, stored)
+                mlflow_pid = stack.pid("mlflow")
+                up = transfer(target, "upload", f"{ARTIFACTS_API}/{name}", size, header, source, stored, mlflow_pid)
                 shutil.rmtree(stored.parent, ignore_errors=True)
-                down = transfer(target, "download", f"{ARTIFACTS_API}/{seed_path}", size, header, None, None)
+                down = transfer(target, "download", f"{ARTIFACTS_API}/{seed_path}", size, header, None, None, mlflow_pid)
                 samples[route]["upload"].append(up)
                 samples[route]["download"].append(down)
                 log(f"{size_label(size)} run {run + 1}/{count} {route}: up {_speed(up)}, down {_speed(down)}")
@@ -357,6 +367,12 @@ def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/PID/stat, fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live descendants (nginx's worker, uvicorn's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return _cpu_seconds(pid) + sum(_tree_cpu_seconds(int(child)) for child in children)
 
 
 def call_round(target: Target, call: str, run_id: str, clients: int, calls: int) -> dict:
@@ -452,7 +468,11 @@ def summarize(transfers: list[dict], calls: dict) -> dict:
                 samples = entry["samples"][route][direction]
                 good = [s["mb_per_s"] for s in samples if s["ok"]]
                 growth = [s["rss_growth_mb"] for s in samples if "rss_growth_mb" in s]
+                mlflow_cpu = [s["mlflow_cpu_s_per_gb"] for s in samples if s["ok"]]
+                proxy_cpu = [s["proxy_cpu_s_per_gb"] for s in samples if s["ok"] and s.get("proxy_cpu_s_per_gb") is not None]
                 row[route] = {
+                    "mlflow_cpu_s_per_gb": statistics.median(mlflow_cpu) if mlflow_cpu else None,
+                    "proxy_cpu_s_per_gb": statistics.median(proxy_cpu) if proxy_cpu else None,
                     "mb_per_s": statistics.median(good) if good else None,
                     "failed": len(samples) - len(good),
                     "failures": sorted({s["failure"].split(":")[0] for s in samples if not s["ok"]}),
@@ -500,6 +520,13 @@ def _cell(row: dict, route: str) -> str:
     return text
 
 
+def _cpu_cell(value: dict) -> str:
+    if value["failed"] or value["mlflow_cpu_s_per_gb"] is None:
+        return "-"
+    hop = value["proxy_cpu_s_per_gb"]
+    return f"{value['mlflow_cpu_s_per_gb']:.2f}" + ("" if hop is None else f" + {hop:.2f}")
+
+
 def _rss(row: dict, route: str) -> str:
     growth = row[route]["rss_growth_mb_max"]
     return "-" if growth is None else f"{growth:.1f}"
@@ -526,6 +553,16 @@ def markdown(results: dict) -> str:
                      f"{_rss(row, 'mlflow')} | {_rss(row, 'stock')} |")
     fails = summary["stock_fails_from"]
     lines += ["", f"Stock jupyter-server-proxy: {'first failure at ' + fails if fails else 'no failure at these sizes'}.", ""]
+    lines += [
+        "CPU seconds per GB transferred (median of the good runs; /proc/PID/stat of the process and its children, around each transfer): "
+        "MLflow's, and + the hop's in between (the Jupyter server, or nginx's master and worker):",
+        "",
+        "| size | direction | direct | mlproxy `/mlflow/` | stock jupyter-server-proxy | nginx |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in summary["transfers"]:
+        lines.append(f"| {row['size']} | {row['direction']} | {' | '.join(_cpu_cell(row[route]) for route in ROUTES)} |")
+    lines.append("")
     lines += [f"![Artifact throughput by size, route and direction]({PLOT.relative_to(DOC.parent).as_posix()})", ""]
     lines += [
         "Small REST calls (runs/get GET, log-metric POST; requests sessions, one per thread; median of "
@@ -638,9 +675,11 @@ def main() -> int:
             helpers.append(nginx)
             targets = {
                 "direct": direct_target(stack),
-                "mlflow": Target("mlflow", f"{stack.base}/mlflow", token, jupyter_pid=stack.pid("jupyter")),
-                "stock": Target("stock", f"http://127.0.0.1:{ports['stock']}/proxy/{mlflow_tcp_port(stack)}", token, jupyter_pid=stock_process.pid),
-                "nginx": Target("nginx", f"http://127.0.0.1:{ports['nginx']}"),
+                "mlflow": Target("mlflow", f"{stack.base}/mlflow", token, jupyter_pid=stack.pid("jupyter"), proxy_pid=stack.pid("jupyter")),
+                "stock": Target(
+                    "stock", f"http://127.0.0.1:{ports['stock']}/proxy/{mlflow_tcp_port(stack)}", token, jupyter_pid=stock_process.pid, proxy_pid=stock_process.pid
+                ),
+                "nginx": Target("nginx", f"http://127.0.0.1:{ports['nginx']}", proxy_pid=nginx.pid),
             }
             for target, process in ((targets["stock"], stock_process), (targets["nginx"], nginx)):
                 wait_answering(target, "health", 180, process)
