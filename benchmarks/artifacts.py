@@ -43,6 +43,7 @@ import requests.adapters
 import urllib3
 import urllib3.connection
 
+from benchmarks import procs
 from benchmarks.report import rewrite_between
 from benchmarks.scale import log, percentile
 from mlproxy_supervisor.config import read_resolved
@@ -76,7 +77,12 @@ class Target:
     token: str | None = None  # Jupyter's, for the routes through Jupyter
     unix_socket: str | None = None
     jupyter_pid: int | None = None  # whose RSS the transfer may grow
-    proxy_pid: int | None = None  # the hop between client and MLflow, whose CPU (with its children's) a transfer costs
+    proxy_pid: int | None = None  # a hop outside Jupyter (nginx's master)
+
+    @property
+    def hop_pid(self) -> int | None:
+        """The process between client and MLflow, whose CPU (with its children's) a transfer costs."""
+        return self.jupyter_pid or self.proxy_pid
 
     def url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}"
@@ -279,9 +285,10 @@ def transfer(
     pid = target.jupyter_pid
     reset = pid is not None and _reset_peak(pid)
     before = _peak_rss(pid) if pid is not None else None
-    cpu_before = (_tree_cpu_seconds(mlflow_pid), _tree_cpu_seconds(target.proxy_pid) if target.proxy_pid else 0.0)
+    measured = [mlflow_pid] + ([target.hop_pid] if target.hop_pid else [])
+    cpu_before = [_tree_cpu_seconds(pid) for pid in measured]
     outcome = curl(target, "PUT" if direction == "upload" else "GET", path, header_file, upload)
-    cpu_after = (_tree_cpu_seconds(mlflow_pid), _tree_cpu_seconds(target.proxy_pid) if target.proxy_pid else 0.0)
+    cpu_spent = [_tree_cpu_seconds(pid) - before for pid, before in zip(measured, cpu_before, strict=True)]
     after = _peak_rss(pid) if pid is not None else None
     if direction == "upload":
         arrived = stored.stat().st_size if stored is not None and stored.exists() else 0
@@ -292,9 +299,8 @@ def transfer(
         ok = outcome["status"] == 200 and outcome["curl_exit"] == 0 and arrived == size
         speed = outcome["speed_down"]
     sample = {"ok": ok, "mb_per_s": speed / MB if ok else None, "status": outcome["status"], "curl_exit": outcome["curl_exit"], "bytes_arrived": arrived}
-    gigabytes = size / (1 << 30)
-    sample["mlflow_cpu_s_per_gb"] = (cpu_after[0] - cpu_before[0]) / gigabytes
-    sample["proxy_cpu_s_per_gb"] = (cpu_after[1] - cpu_before[1]) / gigabytes if target.proxy_pid else None
+    per_gb = [spent / (size / (1 << 30)) for spent in cpu_spent]
+    sample["mlflow_cpu_s_per_gb"], sample["proxy_cpu_s_per_gb"] = per_gb[0], per_gb[1] if len(per_gb) > 1 else None
     if not ok:
         sample["failure"] = f"HTTP {outcome['status']}, curl exit {outcome['curl_exit']}, {arrived} of {size} bytes" + (f": {outcome['error']}" if outcome["error"] else "")
     if before is not None:
@@ -363,16 +369,9 @@ def _create_run(target: Target) -> str:
     return created.json()["run"]["info"]["run_id"]
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _tree_cpu_seconds(pid: int) -> float:
     """CPU time of a process and its live descendants (nginx's worker, uvicorn's workers)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return _cpu_seconds(pid) + sum(_tree_cpu_seconds(int(child)) for child in children)
+    return sum(procs.cpu_seconds(member) or 0.0 for member in procs.descendants(pid))
 
 
 def call_round(target: Target, call: str, run_id: str, clients: int, calls: int) -> dict:
@@ -415,13 +414,13 @@ def call_round(target: Target, call: str, run_id: str, clients: int, calls: int)
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for thread in threads:
         thread.start()
-    cpu_before = _cpu_seconds(target.jupyter_pid) if target.jupyter_pid else None
+    cpu_before = procs.cpu_seconds(target.jupyter_pid) if target.jupyter_pid else None
     start_together.wait()
     began = time.perf_counter()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - began
-    cpu_ms = (_cpu_seconds(target.jupyter_pid) - cpu_before) * 1000 / len(latencies) if cpu_before is not None else None
+    cpu_ms = (procs.cpu_seconds(target.jupyter_pid) - cpu_before) * 1000 / len(latencies) if cpu_before is not None else None
     return {"p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000, "per_s": len(latencies) / wall,
             "jupyter_cpu_ms": cpu_ms, "requests": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors))}
 
@@ -469,7 +468,7 @@ def summarize(transfers: list[dict], calls: dict) -> dict:
                 good = [s["mb_per_s"] for s in samples if s["ok"]]
                 growth = [s["rss_growth_mb"] for s in samples if "rss_growth_mb" in s]
                 mlflow_cpu = [s["mlflow_cpu_s_per_gb"] for s in samples if s["ok"]]
-                proxy_cpu = [s["proxy_cpu_s_per_gb"] for s in samples if s["ok"] and s.get("proxy_cpu_s_per_gb") is not None]
+                proxy_cpu = [s["proxy_cpu_s_per_gb"] for s in samples if s["ok"] and s["proxy_cpu_s_per_gb"] is not None]
                 row[route] = {
                     "mlflow_cpu_s_per_gb": statistics.median(mlflow_cpu) if mlflow_cpu else None,
                     "proxy_cpu_s_per_gb": statistics.median(proxy_cpu) if proxy_cpu else None,
@@ -675,10 +674,8 @@ def main() -> int:
             helpers.append(nginx)
             targets = {
                 "direct": direct_target(stack),
-                "mlflow": Target("mlflow", f"{stack.base}/mlflow", token, jupyter_pid=stack.pid("jupyter"), proxy_pid=stack.pid("jupyter")),
-                "stock": Target(
-                    "stock", f"http://127.0.0.1:{ports['stock']}/proxy/{mlflow_tcp_port(stack)}", token, jupyter_pid=stock_process.pid, proxy_pid=stock_process.pid
-                ),
+                "mlflow": Target("mlflow", f"{stack.base}/mlflow", token, jupyter_pid=stack.pid("jupyter")),
+                "stock": Target("stock", f"http://127.0.0.1:{ports['stock']}/proxy/{mlflow_tcp_port(stack)}", token, jupyter_pid=stock_process.pid),
                 "nginx": Target("nginx", f"http://127.0.0.1:{ports['nginx']}", proxy_pid=nginx.pid),
             }
             for target, process in ((targets["stock"], stock_process), (targets["nginx"], nginx)):

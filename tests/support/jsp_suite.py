@@ -26,6 +26,7 @@ About 5-10 minutes (their suite starts `jupyter notebook` and `jupyter lab` once
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import re
@@ -161,10 +162,8 @@ def run_suite(root: Path, state: Path) -> dict[str, str]:
     try:
         stdout, stderr = suite.communicate(timeout=1200)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(suite.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         suite.kill()
     assert junit.exists(), f"their suite did not run:\n{stdout[-3000:]}\n{stderr[-3000:]}"
     return outcomes(junit)
