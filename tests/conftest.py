@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from tests.stack import Stack, port_is_free, ports
+from tests.support.hostile import Target
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -24,6 +28,30 @@ def shared_stack(tmp_path_factory):
     assert stack.stop() == 0
     busy = [port for port in wanted.values() if not port_is_free(port)]
     assert not busy, f"ports {busy} still in use after the shared stack stopped"
+
+
+@pytest.fixture(scope="session")
+def hostile_stack():
+    """One real stack for the hostile and protocol-fuzz tiers. Its state directory sits in a
+    world-traversable directory, so the file-mode cases test the stack's own modes (pytest's tmp
+    directories are 0700 and would hide every file anyway)."""
+    wanted = ports(8890, 5003, 9183)
+    busy = [port for port in wanted.values() if not port_is_free(port)]
+    if busy:
+        pytest.fail(f"ports {busy} are in use; stop whatever holds them before the hostile tier")
+    parent = Path(tempfile.mkdtemp(prefix="mlproxy-hostile-"))
+    parent.chmod(0o755)  # other users may walk in: what they find is the stack's own modes
+    stack = Stack(parent / "state", **wanted).start()
+    try:
+        yield stack
+    finally:
+        assert stack.stop() == 0
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def target(hostile_stack) -> Target:
+    return Target(hostile_stack)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.browser.browser import launch, log_in
-from tests.hostile.conftest import ATTACKER_ORIGIN_PORT, ROUTE_NAMES, mlflow_routes, unique
+from tests.support.hostile import ATTACKER_ORIGIN_PORT, ROUTE_NAMES, mlflow_routes, unique
 
 pytestmark = [pytest.mark.hostile, pytest.mark.browser]
 

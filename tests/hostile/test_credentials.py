@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.hostile.conftest import ROUTE_NAMES, mlflow_routes, unique
+from tests.support.hostile import ROUTE_NAMES, mlflow_routes, unique
 
 pytestmark = pytest.mark.hostile
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.hostile.conftest import mlflow_routes, unique
 from tests.stack import cmdlines
+from tests.support.hostile import mlflow_routes, unique
 
 pytestmark = pytest.mark.hostile
 

@@ -20,8 +20,8 @@ import pytest
 
 from mlproxy_supervisor import procfs
 from tests.browser.browser import launch, log_in
-from tests.hostile.conftest import unique
 from tests.hostile.test_browser_origins import AttackerSite
+from tests.support.hostile import unique
 
 pytestmark = pytest.mark.hostile
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.hostile.conftest import unique
+from tests.support.hostile import unique
 
 pytestmark = pytest.mark.hostile
 

@@ -1,24 +1,19 @@
-"""One real stack for the hostile tier, started once, and the means to prove nothing changed.
+"""The hostile stack (tests/conftest.py starts it once, for the hostile and protocol-fuzz tiers)
+and the means to prove nothing changed.
 
-Its state directory sits in a world-traversable directory, so the file-mode cases test the
-stack's own modes (pytest's tmp directories are 0700 and would hide every file anyway). MLflow is
-observed directly on its unix socket, as the stack's own user: that is where an attack that got
-through would have left its mark.
+MLflow is observed directly on its unix socket, as the stack's own user: that is where an attack
+that got through would have left its mark.
 """
 
 from __future__ import annotations
 
 import http.client
-import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from tests.stack import PORT_OFFSET, Stack, port_is_free, ports
+from tests.stack import PORT_OFFSET, Stack
 from tests.support.direct import DirectMLflow
 
 ATTACKER_ORIGIN_PORT = 9999 + PORT_OFFSET  # another local origin, only ever named in Origin headers
@@ -88,6 +83,21 @@ class Target:
     def log_size(self) -> int:
         return len(self.mlflow_log.read_text(errors="replace"))
 
+    @property
+    def jupyter_log(self) -> Path:
+        return self.stack.state_dir / "logs" / "jupyter.log"
+
+    def victim_is_answered_right(self) -> bool:
+        """Another client's ordinary request through the route, on a connection of its own: does it
+        get the answer to *its* request? MLflow names the experiment it could not find, so a
+        unique name shows whose request the answer is for."""
+        name = f"victim-{uuid.uuid4().hex}"
+        answer = self.raw(
+            "GET", f"/mlflow/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}",
+            {"Authorization": f"token {self.token}", "Host": f"127.0.0.1:{self.stack.jupyter_port}"},
+        )  # fmt: skip
+        return answer.status == 404 and name.encode() in answer.body
+
     # --- Jupyter's port, spoken to raw --------------------------------------------------------
     def raw(self, method: str, path: str, headers: dict | None = None, body: bytes | None = None, timeout: float = 60) -> Answer:
         """One request exactly as written: no normalisation of the path, no added credentials."""
@@ -111,27 +121,6 @@ class Target:
     @property
     def attacker_origin(self) -> str:
         return f"http://127.0.0.1:{ATTACKER_ORIGIN_PORT}"
-
-
-@pytest.fixture(scope="session")
-def hostile_stack():
-    wanted = ports(8890, 5003, 9183)
-    busy = [port for port in wanted.values() if not port_is_free(port)]
-    if busy:
-        pytest.fail(f"ports {busy} are in use; stop whatever holds them before the hostile tier")
-    parent = Path(tempfile.mkdtemp(prefix="mlproxy-hostile-"))
-    parent.chmod(0o755)  # other users may walk in: what they find is the stack's own modes
-    stack = Stack(parent / "state", **wanted).start()
-    try:
-        yield stack
-    finally:
-        assert stack.stop() == 0
-        shutil.rmtree(parent, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def target(hostile_stack) -> Target:
-    return Target(hostile_stack)
 
 
 def unique(prefix: str) -> str:
