@@ -48,6 +48,9 @@ MLFLOW_SERVER_ENV = {
 MLFLOW_LISTEN_FD = 3
 # mlflow_app.py serializes store initialization across workers with this lock file.
 STORE_LOCK_ENV = "_MLPROXY_STORE_LOCK"
+# Set when MLflow's unix socket is reached only by the stack's own user (single-user mode):
+# mlflow_app.py then treats its peers as loopback ones.
+SOCKET_PEERS_LOCAL_ENV = "_MLPROXY_SOCKET_PEERS_LOCAL"
 
 
 def _package_file(package: str, *parts: str) -> str:
@@ -104,6 +107,7 @@ def mlflow_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
         names["in_job_executor"]: "false",
         STORE_LOCK_ENV: str(settings.runtime_dir / "mlflow-store.lock"),
         "MLFLOW_ENABLE_WORKSPACES": "false",
+        **({SOCKET_PEERS_LOCAL_ENV: "1"} if settings.mlflow_socket is not None else {}),
     }
     return argv, {**common_env, **env, **_s3_env(settings)}
 

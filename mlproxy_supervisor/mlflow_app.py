@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from werkzeug.exceptions import InternalServerError
 
 from . import schema, sqlite_store
-from .launch import MLFLOW_SERVER_ENV, STORE_LOCK_ENV
+from .launch import MLFLOW_SERVER_ENV, SOCKET_PEERS_LOCAL_ENV, STORE_LOCK_ENV
 from .programs import MLFLOW_PROBE_PATHS
 
 CONNECT_TIMEOUT = 5  # seconds
@@ -116,5 +116,24 @@ async def _fastapi_out_of_space(request, error: OSError):
 
 flask_app.register_error_handler(OSError, _flask_out_of_space)
 app.add_exception_handler(OSError, _fastapi_out_of_space)
+
+
+class SocketPeersAreLocal:
+    """uvicorn gives a unix-socket peer no client address, and MLflow's Assistant refuses such a
+    request as remote (403). In single-user mode the socket sits in the 0700 runtime directory:
+    only the stack's own user reaches it, directly or through Jupyter's login (whose kernels run
+    as that user anyway), so its peers are as local as loopback (docs/SECURITY.md)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not scope.get("client"):
+            scope = {**scope, "client": ("127.0.0.1", 0)}
+        await self.app(scope, receive, send)
+
+
+if os.environ.get(SOCKET_PEERS_LOCAL_ENV) == "1":
+    app = SocketPeersAreLocal(app)
 
 __all__ = ["app"]

@@ -10,6 +10,7 @@ Two hooks, both loaded by any Jupyter server in this environment:
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ from tornado import web
 from tornado.routing import HostMatches, Rule
 
 from ..config import ConfigError, Settings, locate_stack
+from . import scrub
 from .proxy import MLflowProxyHandler
 from .routes import MLflowPortMatches
 
@@ -85,6 +87,11 @@ def _jupyter_server_extension_points():
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
+    token = getattr(serverapp.identity_provider, "token", None)
+    if token:
+        # Whatever writes to Jupyter's log (tornado's request summaries, Jupyter's access log and
+        # header dumps, jupyter-server-proxy), the token is masked in it, in any encoding.
+        scrub.scrub_logs([serverapp.log, logging.getLogger()], token)
     try:
         port, options = _mlflow_port(), _proxy_options()
     except ConfigError as error:

@@ -11,6 +11,10 @@ here for IDLE_LIMIT seconds is closed first, by us; one MLflow closed anyway (a 
 (its end of file) and is dropped before use. What is left is MLflow closing a connection in the
 instant we reuse it, for a reason of its own: that request fails as one in flight when MLflow
 restarts does (502, Retry-After).
+
+Connections are kept per key: MLflow's address, and in team mode also the user, so that even a
+desynchronised connection (which framing should make impossible, see relay.py) cannot carry one
+user's bytes into another's request.
 """
 
 from __future__ import annotations
@@ -25,15 +29,20 @@ IDLE_LIMIT = 2.0  # seconds; well under uvicorn's 5 s keep-alive timeout
 MAX_IDLE = 16  # connections per address; more concurrent requests than this open new ones
 
 
-def _readable(stream: iostream.IOStream) -> bool:
-    """Whether an idle connection has something to read: MLflow's end of file, or a stray byte."""
+def _holds_unread(stream: iostream.IOStream) -> bool:
+    """Whether an idle connection has something to read: MLflow's end of file or a stray byte in
+    the socket, or bytes tornado already read past the last response (its buffer; tornado has no
+    public way to ask, and tests/unit/test_connections.py pins this)."""
+    if getattr(stream, "_read_buffer_size", 0):
+        return True
     ready = select.poll()
     ready.register(stream.fileno(), select.POLLIN)
     return bool(ready.poll(0))
 
 
 class IdleConnections:
-    """Per address (any hashable, e.g. MLflow's socket path or host and port), its idle streams."""
+    """Per key (any hashable: MLflow's socket path or host and port, and the user in team mode),
+    its idle streams."""
 
     def __init__(self, idle_limit: float = IDLE_LIMIT, max_idle: int = MAX_IDLE):
         self.idle_limit = idle_limit
@@ -41,19 +50,19 @@ class IdleConnections:
         self._idle: dict[object, list[tuple[float, iostream.IOStream]]] = {}
         self._sweep: asyncio.TimerHandle | None = None
 
-    def take(self, address) -> iostream.IOStream | None:
-        """The most recently used idle connection to `address` still fit for a request, or None."""
-        idle = self._idle.get(address, [])
+    def take(self, key) -> iostream.IOStream | None:
+        """The most recently used idle connection kept under `key` still fit for a request, or None."""
+        idle = self._idle.get(key, [])
         while idle:
             since, stream = idle.pop()
-            if not stream.closed() and time.monotonic() - since < self.idle_limit and not _readable(stream):
+            if not stream.closed() and time.monotonic() - since < self.idle_limit and not _holds_unread(stream):
                 return stream
             stream.close()
         return None
 
-    def give_back(self, address, stream: iostream.IOStream) -> None:
-        idle = self._idle.setdefault(address, [])
-        if stream.closed() or len(idle) >= self.max_idle:
+    def give_back(self, key, stream: iostream.IOStream) -> None:
+        idle = self._idle.setdefault(key, [])
+        if stream.closed() or len(idle) >= self.max_idle or _holds_unread(stream):
             stream.close()
             return
         idle.append((time.monotonic(), stream))
@@ -67,11 +76,11 @@ class IdleConnections:
         """Close what has idled past the limit (no request would take it), so MLflow never has to."""
         self._sweep = None
         now = time.monotonic()
-        for address, idle in self._idle.items():
+        for key, idle in self._idle.items():
             keep = [(since, stream) for since, stream in idle if now - since < self.idle_limit and not stream.closed()]
             for since, stream in idle:
                 if (since, stream) not in keep:
                     stream.close()
-            self._idle[address] = keep
+            self._idle[key] = keep
         if self.count():
             self._sweep = asyncio.get_running_loop().call_later(self.idle_limit, self._close_expired)

@@ -26,7 +26,8 @@ responses (and gives up over 100 MB). Artifacts are models of several GB, so thi
    before the next is read from MLflow (back-pressure downstream).
 
 A client that disconnects aborts the relay, which closes the connection to MLflow (MLflow then
-discards a partial upload). MLflow refusing connections (stopped, restarting, not ready) gives a
+discards a partial upload), and is logged as the client's doing; requests it pipelined before
+leaving are not relayed. MLflow refusing connections (stopped, restarting, not ready) gives a
 503 with Retry-After (and, for a browser, a page that reloads itself); MLflow silent for
 `jupyter.mlflow_timeout` seconds while we wait on it gives a 504.
 """
@@ -38,7 +39,9 @@ import copy
 import html
 import json
 import re
+import select
 import sys
+import traceback
 from urllib.parse import urlsplit, urlunsplit
 
 from jupyter_server.base.handlers import JupyterHandler
@@ -48,7 +51,16 @@ from tornado.tcpclient import TCPClient
 
 from . import scrub
 from .connections import IdleConnections
-from .relay import READ_SIZE, MLflowFailed, MLflowTimeout, MLflowUnreachable, Relay
+from .relay import (
+    READ_SIZE,
+    ClientGone,
+    Framing,
+    MLflowFailed,
+    MLflowTimeout,
+    MLflowUnreachable,
+    Relay,
+    request_framing,
+)
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_MAX_UPLOAD_SIZE = 1 << 40  # bytes; streamed, so this bounds disk use, not memory
@@ -56,7 +68,7 @@ DEFAULT_MLFLOW_TIMEOUT = 300.0  # seconds; jupyter-server-proxy's request_timeou
 SMALL_BODY = 1 << 20  # bytes; a refused request with a body up to this size is read before the answer
 RETRY_AFTER = 5  # seconds, for clients while MLflow is not answering
 # Our errors, as MLflow's REST API spells them (its clients read error_code; they retry 503).
-ERROR_CODES = {401: "UNAUTHENTICATED", 413: "RESOURCE_EXHAUSTED", 502: "TEMPORARILY_UNAVAILABLE", 503: "TEMPORARILY_UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+ERROR_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 413: "RESOURCE_EXHAUSTED", 502: "TEMPORARILY_UNAVAILABLE", 503: "TEMPORARILY_UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 UNAVAILABLE_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="{retry}"><title>MLflow is starting</title></head>
 <body style="font-family: sans-serif; margin: 3em">
@@ -117,6 +129,7 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
         self._relayed: asyncio.Task | None = None  # jupyter-server-proxy's proxy(), driving the relay
         self._received = 0  # request body bytes so far
         self._refusal: web.HTTPError | None = None  # given once the (small) body is in
+        self._framing = Framing()  # of the client's body, and so of the body MLflow gets
 
     async def prepare(self, *args, **kwargs) -> None:
         try:
@@ -129,12 +142,39 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             if not self._finished:
                 self._refuse_foreign_origin()
                 await self._start_relay()
+        except ClientGone:
+            self.log.info("Client left before %s was relayed: not sent to MLflow", self._request_summary())
+            self._hang_up()
         except web.HTTPError as refusal:
-            if not 0 < int(self.request.headers.get("Content-Length") or 0) <= SMALL_BODY:
+            if not 0 < self._declared_length() <= SMALL_BODY:
                 raise  # answered now; tornado hangs up without reading the body
             # Hanging up on unread bytes makes the kernel reset the connection, and the client may
             # never see the answer: a small body is read (and dropped) first, then refused.
             self._refusal = refusal
+
+    def _declared_length(self) -> int:
+        """The request's Content-Length as tornado reads it; 0 for none, chunked, or one tornado
+        refuses (it answers 400 itself)."""
+        try:
+            return request_framing(self.request.headers).length or 0
+        except (httputil.HTTPInputError, ValueError):
+            return 0
+
+    def _client_gone(self) -> bool:
+        """Whether the client has closed its connection (or reset it). Requests it pipelined
+        before closing are still in tornado's buffer; like nginx (which aborts a proxied request
+        on the client's end of file), we relay none of them."""
+        stream = self.request.connection.stream
+        if stream is None or stream.closed():
+            return True
+        ended = select.poll()
+        ended.register(stream.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+        return bool(ended.poll(0))
+
+    def _hang_up(self) -> None:
+        """Close the client's connection with no (further) answer."""
+        self.request.connection.close()
+        self._finished = True
 
     # --- authentication, as an MLflow client understands it -----------------------------------
     def get_login_url(self) -> str:
@@ -163,9 +203,24 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
 
     def _request_summary(self) -> str:
         """What tornado's log lines name the request by (e.g. beside a 401's reason): its URI with
-        Jupyter's credentials scrubbed, as Jupyter's own access log has it."""
-        uri = scrub.strip_url(self.request.uri, scrub.jupyter_token(self))
+        Jupyter's credentials scrubbed, and the token masked wherever else it is."""
+        token = scrub.jupyter_token(self)
+        uri = scrub.strip_url(self.request.uri, token)
+        if token:
+            uri = scrub.secret_pattern(token).mask(uri)
         return f"{self.request.method} {uri} ({self.request.remote_ip})"
+
+    def log_exception(self, typ, value, tb) -> None:
+        """tornado logs an uncaught exception with `%r` of the request, whose raw URI may hold the
+        token: log the scrubbed summary and a masked traceback instead."""
+        if isinstance(value, web.HTTPError):
+            super().log_exception(typ, value, tb)  # the summary above and the refusal's reason
+            return
+        text = "".join(traceback.format_exception(typ, value, tb))
+        token = scrub.jupyter_token(self)
+        if token:
+            text = scrub.secret_pattern(token).mask(text)
+        self.log.error("Uncaught exception in %s\n%s", self._request_summary(), text)
 
     def _refuse_foreign_origin(self) -> None:
         host = self.request.headers.get("Host", "")
@@ -202,9 +257,19 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
 
     # --- streaming (see the module's docstring) ----------------------------------------------
     async def _start_relay(self) -> None:
-        if self.request.headers.get("Upgrade", "").lower() == "websocket":
-            return  # jupyter-server-proxy's websocket proxying, unchanged
-        declared = int(self.request.headers.get("Content-Length") or 0)
+        if self.request.method == "GET" and self.request.headers.get("Upgrade", "").lower() == "websocket":
+            # MLflow serves no websocket (its app closes any), and jupyter-server-proxy's
+            # websocket path would bypass the relay. An Upgrade on any other method is a
+            # hop-by-hop header, dropped: the request is relayed as plain HTTP.
+            raise web.HTTPError(400, "MLflow serves no websockets: send plain HTTP requests to this route")
+        try:
+            self._framing = request_framing(self.request.headers)
+        except (httputil.HTTPInputError, ValueError) as error:
+            # tornado refuses the same framing before reading a body; say why, and relay nothing.
+            raise web.HTTPError(400, f"the request's body framing is invalid ({error}): send one plain Content-Length, or Transfer-Encoding: chunked") from None
+        if self._client_gone():
+            raise ClientGone()
+        declared = self._framing.length or 0
         if declared > self.max_upload_size:
             raise web.HTTPError(413, self._too_large(declared))
         # Jupyter's max_body_size (512 MB) would refuse bigger bodies with a bare 400; ours is
@@ -236,7 +301,10 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
             return
         await self._relay.send(chunk)
         if self._relay.closed and not self._finished:  # MLflow stalled or failed mid-upload: say so now
-            error = self._http_error(self._relay.failure())
+            failure = self._relay.failure()
+            if isinstance(failure, ClientGone):
+                return  # tornado ends the request; nobody to answer
+            error = self._http_error(failure)
             self.send_error(error.status_code, message=error.log_message)
 
     async def proxy(self, port, path):
@@ -255,15 +323,18 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
         try:
             # The client jupyter-server-proxy made knows how to reach MLflow (TCP or its unix socket).
             tcp_client = getattr(client, "tcp_client", None) or TCPClient()
-            await relay.open(tcp_client, request, IDLE_CONNECTIONS, address=(self.unix_socket, host, port))
+            # Connections are kept per MLflow address (team mode adds the user to the key).
+            await relay.open(tcp_client, request, self._framing, IDLE_CONNECTIONS, pool_key=(self.unix_socket, host, port))
             await relay.respond()
+        except ClientGone:
+            self.log.info("Client closed its connection during %s; its connection to MLflow was dropped", self._request_summary())
+            self._hang_up()
         except (MLflowUnreachable, MLflowTimeout, MLflowFailed) as error:
             if not self._headers_written:
                 raise self._http_error(error) from None
             # Mid-response: all we can do is cut the connection (the client sees a short body).
-            self.log.warning("MLflow response to %s %s cut short: %s", self.request.method, self.request.path, error)
-            self.request.connection.close()
-            self._finished = True
+            self.log.warning("MLflow's response to %s cut short: %s", self._request_summary(), error)
+            self._hang_up()
         finally:
             client.close()
             self._record_activity()
@@ -272,7 +343,7 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
 
     def _http_error(self, error: Exception) -> web.HTTPError:
         status = 503 if isinstance(error, MLflowUnreachable) else 504 if isinstance(error, MLflowTimeout) else 502
-        self.log.warning("MLflow did not answer %s %s: %s", self.request.method, self.request.path, error)
+        self.log.warning("MLflow did not answer %s: %s", self._request_summary(), error)
         return web.HTTPError(status, f"MLflow did not answer: {error}")
 
     def _too_large(self, size: int, declared: bool = True) -> str:
@@ -288,7 +359,7 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
         # forever: fail it as tornado's RequestHandler does, and drop MLflow's connection.
         web.RequestHandler.on_connection_close(self)
         if self._relay is not None:
-            self._relay.abort()
+            self._relay.abort(client_gone=True)
 
     def on_finish(self) -> None:
         if self._relay is not None and not self._relay.complete:
@@ -336,11 +407,14 @@ class MLflowProxyHandler(NamedLocalProxyHandler):
         return super()._rewrite_location_header(location, host, port, proxied_path)
 
     def get_client_uri(self, protocol, host, port, proxied_path):
+        """The URI MLflow is sent, scrubbed as MLflow will split it. jupyter-server-proxy decodes
+        the path and quotes it again with `?` kept as is, so /mlflow/health%3Ftoken=T reaches
+        MLflow as /health?token=T: the query is the one after that split, not the client's."""
         uri = super().get_client_uri(protocol, host, port, proxied_path)
+        token = scrub.jupyter_token(self)
+        parts = urlsplit(uri)
         # Jupyter reads `token` from the decoded query, so %74oken= logs in too: strip every spelling.
-        raw_query = self.request.query
-        if not raw_query or not uri.endswith(f"?{raw_query}"):
-            return uri
-        path = uri[: -len(raw_query) - 1]  # jupyter-server-proxy appends the request's raw query
-        query = scrub.strip_query(raw_query, scrub.jupyter_token(self))
-        return f"{path}?{query}" if query else path
+        uri = urlunsplit(parts._replace(query=scrub.strip_query(parts.query, token)))
+        if scrub.holds_secret(uri, token):
+            raise web.HTTPError(400, "Jupyter's token is in the request's path; send it in the Authorization header (MLFLOW_TRACKING_TOKEN)")
+        return uri

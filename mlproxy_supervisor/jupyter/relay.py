@@ -17,20 +17,28 @@ MLflow's answer is read from the moment the request's headers are sent, not once
 may answer before it has read the whole body (a 507 when its disk fills mid-upload) and hang up.
 That answer is what the client gets, once its upload is in; the rest of the body goes nowhere.
 
-A connection whose request and response both went through whole, and that MLflow keeps open,
-goes back to an `IdleConnections` (connections.py) for the next request; any other is closed.
+Framing. The request's body reaches MLflow only with framing MLflow reads: the client's
+Content-Length, or chunked (re-framed, for every method). tornado's client frames a body only for
+POST, PUT and PATCH, and writes any other method's body bare after the headers, where MLflow reads
+it as the next request on the connection (request smuggling). So the relay sets the framing itself
+(`request_framing`, by tornado's own parsing rules), and a connection goes back to an
+`IdleConnections` (connections.py) for the next request only when both messages ended exactly: the
+request's framing was complete, and the response was read to its framed end on a connection MLflow
+keeps open. Any other connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import select
 import sys
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from tornado import httputil, iostream
-from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters, is_transfer_encoding_chunked, parse_int
 
 from .connections import IdleConnections
 
@@ -42,6 +50,35 @@ FLUSH_AFTER = 64 * 1024  # smaller responses go out in one write, with tornado's
 # Response headers that describe this hop, not the payload (tornado sets its own).
 HOP_HEADERS = frozenset({"Connection", "Keep-Alive", "Transfer-Encoding", "Proxy-Connection", "Trailer", "Upgrade"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+FRAMING_HEADERS = ("Content-Length", "Transfer-Encoding")
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a request's body is delimited: a length, chunked, or no body at all."""
+
+    length: int | None = None
+    chunked: bool = False
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.length is not None
+
+
+def request_framing(headers: httputil.HTTPHeaders) -> Framing:
+    """The framing tornado reads the client's body with (HTTP1Connection._read_body): chunked, or
+    Content-Length (equal duplicates allowed, digits only), or none. Raises HTTPInputError (or
+    ValueError) for what tornado refuses with 400: both headers, a coding other than chunked, a
+    length that is not a plain number. Parsing with tornado's rules means a request we relay is
+    the request tornado reads, byte for byte."""
+    if is_transfer_encoding_chunked(headers):  # raises for TE + CL and for other codings
+        return Framing(chunked=True)
+    if "Content-Length" not in headers:
+        return Framing()
+    pieces = re.split(r",[ \t]*", headers["Content-Length"])
+    if any(piece != pieces[0] for piece in pieces):
+        raise httputil.HTTPInputError(f"unequal Content-Lengths {headers['Content-Length']!r}")
+    return Framing(length=parse_int(pieces[0]))
 
 
 class MLflowUnreachable(Exception):
@@ -54,6 +91,25 @@ class MLflowTimeout(Exception):
 
 class MLflowFailed(Exception):
     """MLflow closed the connection before the response was complete."""
+
+
+class ClientGone(Exception):
+    """The client closed its connection: nothing more is relayed for it."""
+
+
+class _RequestConnection(HTTP1Connection):
+    """tornado's client side of HTTP/1.1, with the request's framing decided by the relay: tornado
+    chunks a body only for POST, PUT and PATCH without Content-Length, and would write any other
+    method's body unframed."""
+
+    def __init__(self, stream: iostream.IOStream, params: HTTP1ConnectionParameters, framing: Framing):
+        super().__init__(stream, is_client=True, params=params)
+        self.framing = framing
+
+    def write_headers(self, start_line, headers, chunk=None):
+        future = super().write_headers(start_line, headers, chunk)
+        self._chunking_output = self.framing.chunked
+        return future
 
 
 class Relay(httputil.HTTPMessageDelegate):
@@ -82,30 +138,42 @@ class Relay(httputil.HTTPMessageDelegate):
         self._waiting_since: float | None = None  # when we began waiting on MLflow, if we are
         self._unflushed = 0
         self.flush_each_chunk = False  # set from the response headers (text/event-stream)
-        self._keep_alive = False  # MLflow's response leaves the connection open for another
+        self._keep_alive = False  # MLflow's response is framed and leaves the connection open
+        self.client_gone = False  # the client closed its connection
+        self._head_request = False
         self._idle_connections: IdleConnections | None = None
-        self._address = None  # MLflow's, as the idle connections know it
+        self._pool_key = None  # under which the idle connections keep this one
         self._watchdog: asyncio.TimerHandle | None = None
 
     # --- the request --------------------------------------------------------------------
-    async def open(self, tcp_client, request, idle_connections: IdleConnections | None = None, address=None) -> None:
-        """Connect to MLflow (or take an idle connection to `address`) and send the request's
-        headers; its body follows with send()."""
+    async def open(self, tcp_client, request, framing: Framing, idle_connections: IdleConnections | None = None, pool_key=None) -> None:
+        """Connect to MLflow (or take an idle connection kept under `pool_key`) and send the
+        request's headers, framed as `framing` says; its body follows with send()."""
         url = urlsplit(request.url)
         self._wait_on_mlflow()
         self._arm_watchdog()
-        self._idle_connections, self._address = idle_connections, address
-        stream = idle_connections.take(address) if idle_connections is not None else None
+        self._idle_connections, self._pool_key = idle_connections, pool_key
+        stream = idle_connections.take(pool_key) if idle_connections is not None else None
         if stream is None:
             stream = await self._connect(tcp_client, url)
         stream.set_nodelay(True)
         stream.read_chunk_size = READ_SIZE
         if self.closed:  # the client left while we connected
             stream.close()
-            raise MLflowFailed("client disconnected")
-        self.connection = HTTP1Connection(stream, is_client=True, params=HTTP1ConnectionParameters(chunk_size=CHUNK, max_body_size=sys.maxsize))
+            raise self.failure()
+        params = HTTP1ConnectionParameters(chunk_size=CHUNK, max_body_size=sys.maxsize)
+        self.connection = _RequestConnection(stream, params, framing)
+        self._head_request = request.method == "HEAD"  # its response has no body, whatever it says
         headers = httputil.HTTPHeaders(request.headers)
         headers.pop("Expect", None)  # Jupyter answered 100-continue itself, after authenticating
+        for name in FRAMING_HEADERS:
+            headers.pop(name, None)
+        if framing.chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        elif framing.length is not None:
+            headers["Content-Length"] = str(framing.length)
+        elif request.method in ("POST", "PUT", "PATCH"):
+            headers["Content-Length"] = "0"  # or tornado would send an empty chunked body
         target = url.path + (f"?{url.query}" if url.query else "")
         await self._mlflow(self.connection.write_headers(httputil.RequestStartLine(request.method, target, "HTTP/1.1"), headers))
         self._idle()
@@ -128,6 +196,11 @@ class Relay(httputil.HTTPMessageDelegate):
         """One chunk of the request body, forwarded before the next is read from the client."""
         if self.connection is None or self.closed or self._answered_early():
             return  # refused, aborted, or answered already: the rest of the body goes nowhere
+        if not self.connection.framing.has_body:
+            # Never reached (tornado reads no body without framing): bytes with no framing would
+            # be MLflow's next request. The connection goes, the request fails.
+            self.abort()
+            return
         try:
             self._sending = self.connection.write(chunk)
             await self._mlflow(self._sending)
@@ -178,10 +251,11 @@ class Relay(httputil.HTTPMessageDelegate):
         self._release()
 
     def _release(self) -> None:
-        """The exchange is over: the connection goes back for the next request if both sides
-        went through whole and MLflow keeps it open; otherwise it is closed."""
+        """The exchange is over: the connection goes back for the next request if both messages
+        ended exactly (the request's framing complete, the response read to its framed end) and
+        MLflow keeps it open; otherwise it is closed."""
         if self.complete and self._request_sent and self._keep_alive and not self.closed and self._idle_connections is not None:
-            self._idle_connections.give_back(self._address, self.connection.detach())
+            self._idle_connections.give_back(self._pool_key, self.connection.detach())
         else:
             self._hang_up()
 
@@ -192,6 +266,8 @@ class Relay(httputil.HTTPMessageDelegate):
             self.abort()
 
     def failure(self) -> Exception:
+        if self.client_gone:
+            return ClientGone("the client closed its connection")
         if self.timed_out:
             return MLflowTimeout(f"MLflow sent nothing for {self.timeout:g} s")
         return MLflowFailed("MLflow closed the connection before answering")
@@ -209,7 +285,9 @@ class Relay(httputil.HTTPMessageDelegate):
             if name == "Location" and start_line.code in REDIRECTS:
                 value = self.rewrite_location(value)
             handler.add_header(name, value)
-        self._keep_alive = start_line.version == "HTTP/1.1" and headers.get("Connection", "").lower() != "close"
+        # Reusable only if the response's end is framed (not read until MLflow closes).
+        framed = "Content-Length" in headers or "Transfer-Encoding" in headers or start_line.code in (204, 304) or self._head_request
+        self._keep_alive = framed and start_line.version == "HTTP/1.1" and headers.get("Connection", "").lower() != "close"
         # A stream of events must reach the client as each one is sent, not batched. Like
         # jupyter-server-proxy, the client's Accept asks for it too (a server may not label it).
         self.flush_each_chunk = any(
@@ -227,7 +305,7 @@ class Relay(httputil.HTTPMessageDelegate):
             try:
                 await self.flush()
             except iostream.StreamClosedError:
-                self.abort()  # the client left: stop reading from MLflow
+                self.abort(client_gone=True)  # stop reading from MLflow
                 return
         self._wait_on_mlflow()
 
@@ -241,8 +319,9 @@ class Relay(httputil.HTTPMessageDelegate):
         self.abort()
 
     # --- faults ---------------------------------------------------------------------------
-    def abort(self) -> None:
-        """Drop the connection to MLflow (the client left, or MLflow stalled)."""
+    def abort(self, client_gone: bool = False) -> None:
+        """Drop the connection to MLflow (the client left, or MLflow stalled or failed)."""
+        self.client_gone = self.client_gone or client_gone
         self.closed = True
         self._stop_watchdog()
         self._hang_up()

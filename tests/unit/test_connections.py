@@ -143,3 +143,19 @@ def test_a_closed_stream_is_not_kept():
         assert idle.count() == 0
 
     run(scenario)
+
+
+def test_a_connection_with_bytes_in_tornados_buffer_is_never_kept():
+    """Bytes MLflow sent past the end of the last response, already read from the socket into
+    tornado's buffer (the socket itself looks quiet): they would be the next request's answer."""
+
+    async def scenario():
+        idle = IdleConnections(idle_limit=60)
+        stream, peer = connection()
+        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\n")
+        await stream.read_until(b"\r\n\r\n")  # the response; the stray bytes stay buffered
+        assert stream._read_buffer_size > 0  # tornado's internal name: this test pins it
+        idle.give_back(MLFLOW, stream)
+        assert idle.count() == 0 and stream.closed()
+
+    run(scenario)
