@@ -101,6 +101,9 @@ DOES_NOT_APPLY = {
     "test_server_proxy_redirect_location_header_absolute_url": "expects the token kept in the rewritten Location (see above)",
     "test_server_proxy_host_invalid": "another host name on MLflow's port gets our bare 403 (routes.py), not their 'Host ... is not allowed' text",
     "test_server_proxy_host_non_absolute": "X-Forwarded-Context is /proxy/<port> for every local spelling of the port (routes.py normalises them)",
+    "test_server_proxy_websocket_messages": "MLflow serves no websockets: our route refuses an upgrade with 400 (issue #21; jupyter-server-proxy's websocket path bypassed the relay and logged the token)",
+    "test_server_proxy_websocket_headers": "websocket upgrade refused (400), as above",
+    "test_server_proxy_websocket_subprotocols": "websocket upgrade refused (400), as above",
 }
 
 
