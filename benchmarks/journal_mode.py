@@ -121,7 +121,7 @@ def crash_recovery(stack, directory: Path) -> dict:
 
 
 def measure(mode: str, port_offset: int, seconds: float) -> dict:
-    from mlproxy_supervisor import sqlite_store
+    from mlproxy_supervisor.store import sqlite
     from tests.stack import Stack
 
     with tempfile.TemporaryDirectory(prefix=f"mlproxy-journal-{mode}-") as scratch:
@@ -139,7 +139,7 @@ def measure(mode: str, port_offset: int, seconds: float) -> dict:
             crash = crash_recovery(stack, Path(scratch))
         finally:
             stack.stop()
-        integrity = sqlite_store.integrity_problems(database)
+        integrity = sqlite.integrity_problems(database)
     return {"mode": mode, "writes": writes, "crash": {**crash, "integrity_ok": not integrity}}
 
 

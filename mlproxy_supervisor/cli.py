@@ -73,13 +73,13 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_backup(args) -> int:
-    from . import backup
+    from .store import backup
 
     return backup.run_backup(_settings(args), args.destination)
 
 
 def cmd_restore(args) -> int:
-    from . import backup
+    from .store import backup
 
     return backup.run_restore(_settings(args), args.source)
 

@@ -12,7 +12,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .redact import redact_uri
+from .store.sqlite import database_file
 
 ENV_PREFIX = "MLPROXY_"
 CONFIG_PATH_ENV = "MLPROXY_CONFIG"
@@ -42,6 +43,14 @@ Seconds = Annotated[float, Field(gt=0, le=3600)]
 
 class ConfigError(Exception):
     """A configuration problem, worded for the person who has to fix it."""
+
+
+class LocalStore(NamedTuple):
+    """A directory on this machine that MLflow writes to."""
+
+    path: Path
+    what: str  # for people: "the artifact store"
+    key: str  # the setting that puts it there
 
 
 class _Section(BaseModel):
@@ -352,6 +361,27 @@ class Settings(BaseSettings):
     def mlflow_socket(self) -> Path | None:
         """MLflow's unix socket (mlflow.listen = "socket"); None when it listens on TCP."""
         return self.runtime_dir / "mlflow.sock" if self.mlflow.listen == "socket" else None
+
+    @property
+    def sqlite_database(self) -> Path | None:
+        """The tracking store's SQLite file; None for a database server."""
+        return database_file(self.mlflow.backend_store_uri)
+
+    @property
+    def local_artifacts(self) -> Path | None:
+        """The artifact store's directory; None when it is a URI (s3://...)."""
+        destination = self.mlflow.artifacts_destination
+        return Path(destination) if destination.startswith("/") else None
+
+    @property
+    def local_stores(self) -> list[LocalStore]:
+        """Where MLflow writes on this machine: the SQLite database's directory, the artifacts."""
+        stores = []
+        if self.sqlite_database is not None:
+            stores.append(LocalStore(self.sqlite_database.parent, "the MLflow database's directory", "the directory of mlflow.backend_store_uri"))
+        if self.local_artifacts is not None:
+            stores.append(LocalStore(self.local_artifacts, "the artifact store", "mlflow.artifacts_destination"))
+        return stores
 
     @property
     def mlflow_url(self) -> str:

@@ -21,8 +21,9 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import credentials, schema, sqlite_store
+from . import credentials
 from .programs import SERVICES
+from .store import schema, sqlite
 
 if TYPE_CHECKING:  # not imported at run time: the launcher must start fast
     from .config import Settings
@@ -192,13 +193,13 @@ def write_launch_files(settings: Settings) -> None:
 def prepare_mlflow(spec: dict, env: dict[str, str]) -> None:
     """Refuse, or back up and upgrade, an out-of-date SQLite schema before MLflow sees it."""
     uri = spec["backend_store_uri"]
-    database = schema.sqlite_database(uri)
+    database = sqlite.database_file(uri)
     if database is None:
         return  # other databases: MLflow's own check (mlflow_app.py) refuses with its message
     state = schema.inspect_sqlite(database)
     if state is not None and not state.up_to_date:
         _upgrade(spec, uri, database, state, env)
-    sqlite_store.set_journal_mode(database, spec["sqlite_journal_mode"])
+    sqlite.set_journal_mode(database, spec["sqlite_journal_mode"])
 
 
 def _upgrade(spec: dict, uri: str, database: Path, state: schema.SchemaState, env: dict[str, str]) -> None:
@@ -262,7 +263,7 @@ def exec_server(spec: dict) -> None:
             # Kernels inherit it: their MLflow client authenticates to Jupyter's route with it.
             # Environment only (readable by this user alone), never argv or a launch file.
             env["MLFLOW_TRACKING_TOKEN"] = prepare_jupyter(spec)
-    except (schema.SchemaError, sqlite_store.StoreError, credentials.CredentialError) as error:
+    except (schema.SchemaError, sqlite.StoreError, credentials.CredentialError) as error:
         raise LaunchError(str(error)) from None
     os.execve(spec["argv"][0], spec["argv"], env)
 

@@ -21,9 +21,9 @@ import sqlalchemy
 from starlette.responses import JSONResponse, PlainTextResponse
 from werkzeug.exceptions import InternalServerError
 
-from . import schema, sqlite_store
 from .launch import MLFLOW_SERVER_ENV, SOCKET_PEERS_LOCAL_ENV, STORE_LOCK_ENV
 from .programs import MLFLOW_PROBE_PATHS
+from .store import sqlite
 
 CONNECT_TIMEOUT = 5  # seconds
 
@@ -33,14 +33,14 @@ class StoreUnusable(Exception):
 
 
 def _check_reachable(uri: str) -> None:
-    database = schema.sqlite_database(uri)
+    database = sqlite.database_file(uri)
     if database is not None:
         directory = database.parent
         if database.exists() and not os.access(database, os.R_OK | os.W_OK):
             raise StoreUnusable(f"the database {database} is not writable by this user (uid {os.geteuid()})")
         if not os.access(directory, os.W_OK | os.X_OK):
             raise StoreUnusable(f"the database directory {directory} is not writable (SQLite needs it for its journal)")
-        for side_file in sqlite_store.journal_files(database):  # e.g. -wal/-shm left by another user
+        for side_file in sqlite.journal_files(database):  # e.g. -wal/-shm left by another user
             if side_file.exists() and not os.access(side_file, os.R_OK | os.W_OK):
                 raise StoreUnusable(f"{side_file} is not writable by this user (uid {os.geteuid()}): chown it to the database's owner")
         return

@@ -16,10 +16,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import procfs, schema
+from . import procfs
 from .config import Settings
 from .files import current_user
 from .rpc import Supervisor, SupervisorUnavailable
+from .store import schema
 
 REQUIRED_MODULES = {
     "mlflow": "mlflow",
@@ -116,23 +117,16 @@ def _writable_directory(path: Path, key: str, mode: int = 0o755) -> Problem | No
 def writable_directories(settings: Settings) -> list[tuple[Path, str]]:
     """Every directory the stack writes to, with the setting that puts it there; the state
     directory first. Checked here before a start, and kept writable by the systemd unit."""
-    directories = [
+    return [
         (settings.state_dir, "state_dir"),
         (settings.runtime_dir, "runtime_dir"),
         (settings.log_dir, "log_dir"),
         (settings.jupyter.root_dir, "jupyter.root_dir"),
+        *((store.path, store.key) for store in settings.local_stores),
     ]
-    destination = settings.mlflow.artifacts_destination
-    if destination.startswith("/"):
-        directories.append((Path(destination), "mlflow.artifacts_destination"))
-    database = schema.sqlite_database(settings.mlflow.backend_store_uri)
-    if database is not None:
-        directories.append((database.parent, "the directory of mlflow.backend_store_uri"))
-    return directories
 
 
 def check_directories(settings: Settings) -> list[Problem]:
-    database = schema.sqlite_database(settings.mlflow.backend_store_uri)
     problems, unusable = [], []
     for path, key in writable_directories(settings):
         if any(path == bad or bad in path.parents for bad in unusable):
@@ -144,6 +138,7 @@ def check_directories(settings: Settings) -> list[Problem]:
     if problems:
         return problems  # the database may sit in a directory we cannot even look into
     settings.runtime_dir.chmod(0o700)  # the supervisord socket and the status live here
+    database = settings.sqlite_database
     if database is not None and database.exists() and not os.access(database, os.R_OK | os.W_OK):
         problems.append(
             Problem(f"the MLflow database {database} is not readable and writable by user {current_user()}",
@@ -204,7 +199,7 @@ def check_not_running(settings: Settings) -> list[Problem]:
 
 
 def check_schema(settings: Settings) -> list[Problem]:
-    database = schema.sqlite_database(settings.mlflow.backend_store_uri)
+    database = settings.sqlite_database
     if database is None:
         return []  # PostgreSQL: `up` checks it under the hosts' lock (schema.prepare_postgres)
     try:

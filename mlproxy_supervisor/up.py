@@ -16,13 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from . import credentials, launch, postgres_store, preflight, procfs, schema, supervisord_conf
+from . import credentials, launch, preflight, procfs, supervisord_conf
 from .agent.notify import Notifier
 from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .exits import EXIT_CONFIG
 from .files import current_user
 from .rpc import Supervisor, SupervisorUnavailable
 from .status_document import StatusDocument
+from .store import postgres, schema
 from .timings import ORPHAN_GRACE
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -241,7 +242,7 @@ def run(settings: Settings) -> int:
     # Under systemd, StatusText= is the agent's; what only `up` sees (a stop asked for,
     # supervisord gone) it says itself, so the status is never a stale "ready".
     notifier = Notifier()
-    if postgres_store.is_postgres(settings.mlflow.backend_store_uri):
+    if postgres.is_postgres(settings.mlflow.backend_store_uri):
         # Under systemd: the start may wait on another host's upgrade; it is alive, not hung.
         keep_alive = lambda: notifier.send(f"WATCHDOG=1\nEXTEND_TIMEOUT_USEC={30 * 10**6}")  # noqa: E731
         try:

@@ -173,15 +173,7 @@ def process_activity(pid: int) -> Activity | None:
 
 def store_locations(settings: Settings) -> list[tuple[str, str]]:
     """(what, directory) of the local places MLflow writes to."""
-    from ..schema import sqlite_database
-
-    found = []
-    database = sqlite_database(settings.mlflow.backend_store_uri)
-    if database is not None:
-        found.append(("the MLflow database's directory", str(database.parent)))
-    if settings.mlflow.artifacts_destination.startswith("/"):
-        found.append(("the artifact store", settings.mlflow.artifacts_destination))
-    return found
+    return [(store.what, str(store.path)) for store in settings.local_stores]
 
 
 def free_space(locations: list[tuple[str, str]]) -> tuple[Space, ...]:

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from mlproxy_supervisor import sqlite_store
+from mlproxy_supervisor.store import sqlite
 from tests.stack import Stack, ports
 from tests.support.mlflow_client import run_client
 
@@ -91,6 +91,6 @@ def test_a_full_disk_is_reported_refused_clearly_and_recovered_from(small_filesy
         assert "run" in again, again
         for run in (kept, again["run"]):
             assert client("check", run) == {"params": {"alpha": "0.5"}, "metrics": {"loss": 0.25}, "artifact_intact": True}
-        assert sqlite_store.integrity_problems(database) == []
+        assert sqlite.integrity_problems(database) == []
     finally:
         assert stack.stop() == 0

@@ -12,7 +12,7 @@ from contextlib import closing
 
 import pytest
 
-from mlproxy_supervisor import schema, sqlite_store
+from mlproxy_supervisor.store import schema, sqlite
 from tests.stack import Stack, ports
 from tests.support.hot_journal import journal_of, leave_hot_journal
 from tests.support.mlflow_client import run_client
@@ -62,9 +62,9 @@ def test_every_read_after_a_crash_rolls_the_journal_back(crashed_store, tmp_path
     assert state is not None and state.up_to_date
     assert not journal_of(database).exists(), "SQLite rolled the journal back and removed it"
     copy = tmp_path / "copy.db"
-    sqlite_store.copy(database, copy)  # what backup_and_upgrade and `mlproxy backup` use
+    sqlite.copy(database, copy)  # what backup_and_upgrade and `mlproxy backup` use
     for db in (database, copy):
-        assert sqlite_store.integrity_problems(db) == []
+        assert sqlite.integrity_problems(db) == []
         with closing(sqlite3.connect(db)) as connection:
             names = [row[0] for row in connection.execute("SELECT name FROM experiments ORDER BY name")]
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}

@@ -13,7 +13,7 @@ from contextlib import closing
 
 import pytest
 
-from mlproxy_supervisor import schema
+from mlproxy_supervisor.store import schema
 from tests.stack import ROOT, Stack, ports
 from tests.support.faults import _descendants, _signal
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from mlproxy_supervisor.exits import EXIT_CONFIG
-from mlproxy_supervisor.postgres_store import SCHEMA_LOCK
+from mlproxy_supervisor.store.postgres import SCHEMA_LOCK
 from tests.stack import PORT_OFFSET, ROOT, Stack, ports
 from tests.support.postgres import Postgres, binaries
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlproxy_supervisor import credentials, files, launch, schema, supervisord_conf
+from mlproxy_supervisor import credentials, files, launch, supervisord_conf
 from mlproxy_supervisor.agent import metrics, report
 from mlproxy_supervisor.agent.notify import Notifier
 from mlproxy_supervisor.agent.reconcile import Memory, Phase, ProbeResult
@@ -23,6 +23,7 @@ from mlproxy_supervisor.config import Settings
 from mlproxy_supervisor.jupyter.proxy import same_origin
 from mlproxy_supervisor.rpc import ProcessInfo
 from mlproxy_supervisor.status_document import StatusDocument
+from mlproxy_supervisor.store import schema
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlproxy_supervisor import postgres_store
 from mlproxy_supervisor.credentials import write_private
+from mlproxy_supervisor.store import postgres
 
 
 @pytest.fixture(autouse=True)
@@ -25,22 +25,22 @@ def no_password_in_environment(monkeypatch):
     ],
 )
 def test_the_password_is_taken_out_of_the_uri(uri, plain, password):
-    assert postgres_store.connection(uri, None) == (plain, password)
+    assert postgres.connection(uri, None) == (plain, password)
 
 
 def test_the_password_comes_from_the_credentials_file_or_the_environment(tmp_path, monkeypatch):
     secrets = tmp_path / "secrets"
     write_private(secrets, "PGPASSWORD=from-file\n")
-    assert postgres_store.connection("postgresql://ml@db/mlflow", str(secrets))[1] == "from-file"
+    assert postgres.connection("postgresql://ml@db/mlflow", str(secrets))[1] == "from-file"
     monkeypatch.setenv("PGPASSWORD", "from-env")
-    assert postgres_store.connection("postgresql://ml@db/mlflow", str(secrets))[1] == "from-env"  # as for MLflow
+    assert postgres.connection("postgresql://ml@db/mlflow", str(secrets))[1] == "from-env"  # as for MLflow
 
 
 def test_password_file_escapes_its_separators():
-    assert postgres_store._escape("a:b\\c") == "a\\:b\\\\c"
+    assert postgres._escape("a:b\\c") == "a\\:b\\\\c"
 
 
 def test_only_postgres_uris_are_postgres():
-    assert postgres_store.is_postgres("postgresql+psycopg2://db/x") and postgres_store.is_postgres("postgres://db/x")
-    assert not postgres_store.is_postgres("sqlite:////var/lib/mlproxy/mlflow.db")
-    assert not postgres_store.is_postgres("mysql://db/x")
+    assert postgres.is_postgres("postgresql+psycopg2://db/x") and postgres.is_postgres("postgres://db/x")
+    assert not postgres.is_postgres("sqlite:////var/lib/mlproxy/mlflow.db")
+    assert not postgres.is_postgres("mysql://db/x")

@@ -20,7 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sqlite_store
+from . import sqlite
 
 
 class SchemaError(Exception):
@@ -41,14 +41,6 @@ class SchemaState:
     @property
     def newer_than_mlflow(self) -> bool:
         return self.current is not None and self.current not in self.known
-
-
-def sqlite_database(uri: str) -> Path | None:
-    """The file behind an absolute sqlite:////path URI, else None."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    return Path(uri[len(prefix) :].split("?", 1)[0])
 
 
 # `revision = "abc"` and `down_revision = ...` at the start of a line (alembic writes them so).
@@ -104,9 +96,9 @@ def inspect_sqlite(database: Path) -> SchemaState | None:
         return SchemaState(database, None, expected, known)
     try:
         # Read-write (never created here), so that SQLite can roll back a journal a crash left.
-        with closing(sqlite_store.open_existing(database)) as connection:
+        with closing(sqlite.open_existing(database)) as connection:
             rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
-    except sqlite_store.StoreError as error:
+    except sqlite.StoreError as error:
         raise SchemaError(str(error)) from None
     except sqlite3.OperationalError as error:
         if "no such table" in str(error):
@@ -144,14 +136,14 @@ def prepare_postgres(settings, say, keep_alive, run_as: str = "") -> None:
     database server's work, uses no CPU, and the agent would take it for a hung start. Hosts
     starting together on one database take turns under an advisory lock: one upgrades while the
     others wait, then find the schema current. Raises SchemaError when the schema is refused."""
-    from . import postgres_store
+    from . import postgres
 
     expected, known = _migration_revisions()
     if expected is None:
         return
     try:
-        session = postgres_store.SchemaSession(settings.mlflow.backend_store_uri, settings.mlflow.credentials_file)
-    except postgres_store.PostgresError as error:
+        session = postgres.SchemaSession(settings.mlflow.backend_store_uri, settings.mlflow.credentials_file)
+    except postgres.PostgresError as error:
         # Not there yet: MLflow's start reports the same cause, and the agent retries it.
         say(f"cannot check the schema of the MLflow database: {error}")
         return
@@ -169,17 +161,17 @@ def prepare_postgres(settings, say, keep_alive, run_as: str = "") -> None:
         backup = settings.state_dir / "backups" / f"mlflow-{state.current}-{time.strftime('%Y%m%d-%H%M%S')}.pgdump"
         backup.parent.mkdir(mode=0o700, exist_ok=True)
         say(f"backing up {session.uri} to {backup} (pg_dump), then upgrading its schema from {state.current} to {state.expected}")
-        postgres_store.dump(settings, backup)
+        postgres.dump(settings, backup)
         try:
-            postgres_store.upgrade(settings, keep_alive)
-        except postgres_store.PostgresError as error:
+            postgres.upgrade(settings, keep_alive)
+        except postgres.PostgresError as error:
             raise SchemaError(
                 f"{error}\nThe database may be partly upgraded; the dump taken before is {backup} "
                 f"(pg_restore --clean --if-exists --no-owner --single-transaction --dbname={session.uri} {backup} "
                 "puts it back). Nothing else was changed."
             ) from None
         say(f"upgraded the schema of {session.uri} to {state.expected}; the dump taken before is {backup}")
-    except postgres_store.PostgresError as error:
+    except postgres.PostgresError as error:
         raise SchemaError(f"cannot check or upgrade the schema of the MLflow database: {error}") from None
     finally:
         session.close()
@@ -217,7 +209,7 @@ def backup_and_upgrade(state: SchemaState, uri: str, env: dict[str, str]) -> Pat
     file tells the next start when this was interrupted (see interrupted_upgrade)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup = state.database.with_name(f"{state.database.name}.{state.current}.{stamp}.bak")
-    sqlite_store.copy(state.database, backup)
+    sqlite.copy(state.database, backup)
     marker = upgrade_marker(state.database)
     facts = {"backup": str(backup), "from": state.current, "to": state.expected, "started": stamp}
     with open(marker, "w") as out:  # durable before the first change to the database
@@ -226,7 +218,7 @@ def backup_and_upgrade(state: SchemaState, uri: str, env: dict[str, str]) -> Pat
         os.fsync(out.fileno())
     result = subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", uri], env=env, check=False, capture_output=True, text=True)
     if result.returncode != 0:
-        sqlite_store.copy(backup, state.database)
+        sqlite.copy(backup, state.database)
         marker.unlink()
         raise SchemaError(
             f"`mlflow db upgrade` failed (exit {result.returncode}); the database was restored from "

@@ -17,8 +17,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import credentials
-from .config import Settings
+from .. import credentials
+from ..config import Settings
 
 TIMEOUT = 6 * 3600  # seconds: a large store dumps for a long time; a hung server is the operator's call
 # pg_advisory_lock key ("mlproxy" in ASCII) that every mlproxy host holds while it checks and

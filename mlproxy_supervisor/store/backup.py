@@ -2,7 +2,7 @@
 
 Backup runs while the stack serves and clients write. The database is copied first, as one
 consistent snapshot: SQLite through its online backup API (a journal a crash left is rolled back
-first), PostgreSQL with pg_dump (postgres_store.py). Then the artifact directory. Every run
+first), PostgreSQL with pg_dump (postgres.py). Then the artifact directory. Every run
 committed before the snapshot therefore finds its artifacts in the copy (MLflow writes an
 artifact before the client's call returns); artifacts of later runs may be in it too, harmlessly.
 The copy is written to DEST.partial and renamed at the end, so an interrupted backup never looks
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from . import postgres_store, schema, sqlite_store
-from .config import Settings
-from .redact import redact_uri
-from .rpc import Supervisor, SupervisorUnavailable
+from ..config import Settings
+from ..redact import redact_uri
+from ..rpc import Supervisor, SupervisorUnavailable
+from . import postgres, schema, sqlite
 
 MANIFEST = "manifest.json"
 DATABASE = "mlflow.db"
@@ -48,20 +48,19 @@ class Store:
 
 def _store(settings: Settings) -> Store:
     """This stack's database and local artifact directory, or a BackupError saying why not."""
-    uri = settings.mlflow.backend_store_uri
-    database = schema.sqlite_database(uri)
-    if database is None and not postgres_store.is_postgres(uri):
+    database = settings.sqlite_database
+    if database is None and not postgres.is_postgres(settings.mlflow.backend_store_uri):
         raise BackupError(
             "mlproxy backup copies SQLite and PostgreSQL stores; for this mlflow.backend_store_uri use the "
             "database's own tools and copy the artifact store with them. Nothing was written."
         )
-    artifacts = settings.mlflow.artifacts_destination
-    if not artifacts.startswith("/"):
+    artifacts = settings.local_artifacts
+    if artifacts is None:
         raise BackupError(
-            f"mlflow.artifacts_destination is {artifacts}, not a local directory: back it up with its own "
-            "tools. Nothing was written."
+            f"mlflow.artifacts_destination is {settings.mlflow.artifacts_destination}, not a local directory: back it up "
+            "with its own tools. Nothing was written."
         )
-    return Store("sqlite" if database else "postgresql", database, Path(artifacts))
+    return Store("sqlite" if database else "postgresql", database, artifacts)
 
 
 def _copy_tree(source: Path, target: Path) -> int:
@@ -93,13 +92,13 @@ def backup(settings: Settings, destination: Path) -> dict:
     # First: the snapshot the artifacts must cover.
     if store.database:
         database = DATABASE
-        sqlite_store.copy(store.database, partial / DATABASE)
+        sqlite.copy(store.database, partial / DATABASE)
         state = schema.inspect_sqlite(partial / DATABASE)
         revision = state.current if state else None
     else:
         database = POSTGRES_DUMP
-        postgres_store.dump(settings, partial / POSTGRES_DUMP)
-        revision = postgres_store.schema_revision(settings)
+        postgres.dump(settings, partial / POSTGRES_DUMP)
+        revision = postgres.schema_revision(settings)
     files = _copy_tree(store.artifacts, partial / ARTIFACTS) if store.artifacts.exists() else 0
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -153,18 +152,18 @@ def restore(settings: Settings, source: Path) -> list[Path]:
         )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if store.database:
-        problems = sqlite_store.integrity_problems(source / manifest["database"])
+        problems = sqlite.integrity_problems(source / manifest["database"])
         if problems:
             raise BackupError(f"the backup's database fails SQLite's integrity check: {problems[:3]}. Nothing was changed.")
-        kept = [aside for path in [store.database, *sqlite_store.journal_files(store.database)] if (aside := _move_aside(path, stamp))]
+        kept = [aside for path in [store.database, *sqlite.journal_files(store.database)] if (aside := _move_aside(path, stamp))]
         store.database.parent.mkdir(parents=True, exist_ok=True)
-        sqlite_store.copy(source / manifest["database"], store.database)
+        sqlite.copy(source / manifest["database"], store.database)
     else:
         # Other hosts may share this database: their stacks must be stopped too (docs/install-vm.md).
         previous = settings.state_dir / f"mlflow.before-restore-{stamp}.pgdump"
-        postgres_store.dump(settings, previous)
+        postgres.dump(settings, previous)
         kept = [previous]
-        postgres_store.restore(settings, source / manifest["database"])
+        postgres.restore(settings, source / manifest["database"])
     if aside := _move_aside(store.artifacts, stamp):
         kept.append(aside)
     if (source / manifest["artifacts"]).exists():
@@ -189,7 +188,7 @@ def _own_like(reference: Path, paths: list[Path]) -> None:
 def run_backup(settings: Settings, destination: Path) -> int:
     try:
         manifest = backup(settings, destination)
-    except (BackupError, sqlite_store.StoreError, postgres_store.PostgresError) as error:
+    except (BackupError, sqlite.StoreError, postgres.PostgresError) as error:
         print(f"mlproxy backup: {error}", file=sys.stderr)
         return 1
     print(f"backup written to {destination}: database at schema {manifest['schema_revision']}, "
@@ -200,7 +199,7 @@ def run_backup(settings: Settings, destination: Path) -> int:
 def run_restore(settings: Settings, source: Path) -> int:
     try:
         moved = restore(settings, source)
-    except (BackupError, sqlite_store.StoreError, postgres_store.PostgresError) as error:
+    except (BackupError, sqlite.StoreError, postgres.PostgresError) as error:
         print(f"mlproxy restore: {error}", file=sys.stderr)
         return 1
     print(f"restored {source} into {redact_uri(settings.mlflow.backend_store_uri)} and {settings.mlflow.artifacts_destination}")

@@ -21,6 +21,14 @@ class StoreError(Exception):
     pass
 
 
+def database_file(uri: str) -> Path | None:
+    """The file behind an absolute sqlite:////path URI, else None (another database)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return Path(uri[len(prefix) :].split("?", 1)[0])
+
+
 def journal_files(database: Path) -> list[Path]:
     """The side files SQLite keeps next to a database (rollback journal, WAL and its index)."""
     return [database.with_name(database.name + suffix) for suffix in ("-journal", "-wal", "-shm")]
