@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mlproxy_supervisor.agent.probes import http_connection
+from mlproxy_supervisor.local_http import connection as http_connection
 
 EXPERIMENTS = "/api/2.0/mlflow/experiments/search?max_results=1"
 POLL_INTERVAL = 0.05  # seconds between polls of anything measured

@@ -27,7 +27,7 @@ from pathlib import Path
 import requests
 
 from benchmarks.report import rewrite_between
-from mlproxy_supervisor.agent.probes import http_connection
+from mlproxy_supervisor.local_http import connection as http_connection
 from tests.stack import Stack
 from tests.support.postgres import Postgres
 

@@ -8,6 +8,7 @@ make sense without it (those `mlproxy up` makes before starting).
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import os
 import socket
@@ -16,11 +17,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import credentials, preflight, procfs
-from .agent.probes import http_connection
+from . import credentials, local_http, preflight, procfs, rpc
 from .config import RESOLVED_ENV, ConfigError, Settings, locate_stack
 from .redact import redact_uri
-from .rpc import Supervisor, SupervisorUnavailable
+from .rpc import Supervisor
 
 TIMEOUT = 5.0
 
@@ -41,19 +41,13 @@ class Finding:
 def _get(url: str, token: str | None = None, headers: dict | None = None, method: str = "GET", body: bytes | None = None,
          unix_socket: Path | None = None) -> tuple[int, bytes]:  # fmt: skip
     """(status, body) or (0, error text) when nothing answers."""
-    parts = urlsplit(url)
-    connection = http_connection(url, unix_socket, TIMEOUT)
     all_headers = dict(headers or {})
     if token:
         all_headers["Authorization"] = f"token {token}"
     try:
-        connection.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body, headers=all_headers)
-        response = connection.getresponse()
-        return response.status, response.read(2000)
-    except OSError as error:
+        return local_http.fetch(url, TIMEOUT, unix_socket, method, all_headers, body, limit=2000)
+    except (OSError, http.client.HTTPException) as error:
         return 0, str(error).encode()
-    finally:
-        connection.close()
 
 
 def check_extension_installed() -> Finding:
@@ -189,9 +183,7 @@ def diagnose(config_file: Path | None) -> list[Finding]:
     token_finding, token = check_token(settings)
     findings.append(token_finding)
     supervisor = Supervisor(settings.socket_path, timeout=3)
-    try:
-        supervisor.state()
-    except SupervisorUnavailable:
+    if not rpc.answers(settings.socket_path):
         findings.append(Finding("stack running", False, f"no supervisord on {settings.socket_path}", "start it: `mlproxy up` or `systemctl start mlproxy`"))
         problems = preflight.check_dependencies(settings) + preflight.check_ports(settings) + preflight.check_schema(settings)
         findings += [Finding("ready to start", False, problem.what, problem.fix) for problem in problems]

@@ -16,10 +16,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import procfs
+from . import procfs, rpc
 from .config import Settings
 from .files import current_user
-from .rpc import Supervisor, SupervisorUnavailable
 from .store import schema
 
 REQUIRED_MODULES = {
@@ -184,11 +183,7 @@ def check_ports(settings: Settings) -> list[Problem]:
 
 def check_not_running(settings: Settings) -> list[Problem]:
     """A live supervisord on our socket means the stack is up; a dead socket file is removed."""
-    if not settings.socket_path.exists():
-        return []
-    try:
-        Supervisor(settings.socket_path, timeout=2).state()
-    except SupervisorUnavailable:
+    if not rpc.answers(settings.socket_path):
         settings.socket_path.unlink(missing_ok=True)  # left by a crash: nothing listens on it
         return []
     return [

@@ -7,11 +7,11 @@ error within seconds, not hang the agent forever.
 from __future__ import annotations
 
 import http.client
-import socket
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 
+from .local_http import UnixHTTPConnection
 from .timings import RPC_TIMEOUT
 
 # supervisord's process states (supervisor/states.py), by name.
@@ -56,17 +56,6 @@ class ProcessInfo:
         return max(0.0, self.now - self.start) if self.state in ALIVE_STATES and self.start else 0.0
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
 class _UnixTransport(xmlrpc.client.Transport):
     def __init__(self, path: str, timeout: float):
         super().__init__()
@@ -74,7 +63,7 @@ class _UnixTransport(xmlrpc.client.Transport):
         self._timeout = timeout
 
     def make_connection(self, host):
-        return _UnixHTTPConnection(self._path, self._timeout)
+        return UnixHTTPConnection(self._path, "localhost", None, self._timeout)
 
 
 class Supervisor:
@@ -128,5 +117,14 @@ class Supervisor:
             return ""
         return text
 
-    def shutdown(self) -> None:
-        self._call("shutdown")
+
+def answers(socket_path: Path, timeout: float = 2.0) -> bool:
+    """Whether a supervisord answers on this socket: the stack is running. (Any call also ends the
+    one-second wait before supervisord's first start of its programs; `up` relies on that.)"""
+    if not socket_path.exists():
+        return False
+    try:
+        Supervisor(socket_path, timeout).state()
+    except SupervisorUnavailable:
+        return False
+    return True

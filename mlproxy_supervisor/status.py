@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
+from . import rpc
 from .config import Settings
-from .rpc import Supervisor, SupervisorUnavailable
 from .status_document import ProbeReport, StatusDocument, age
 
 EXIT_CODES = {"ready": 0, "starting": 1, "degraded": 1, "down": 2}
@@ -18,9 +18,7 @@ STALE_AFTER = 10.0  # seconds; the agent rewrites the document at least every 2 
 
 def current_status(settings: Settings) -> StatusDocument:
     """The status document, or a synthesized one when the stack or its agent is not reporting."""
-    try:
-        Supervisor(settings.socket_path, timeout=2).state()
-    except SupervisorUnavailable:
+    if not rpc.answers(settings.socket_path):
         return StatusDocument(overall="down", summary=f"not running (no supervisord on {settings.socket_path})")
     document = StatusDocument.read(settings.status_file)
     document_age = document.age if document else None

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import credentials, launch, preflight, procfs, supervisord_conf
+from . import credentials, launch, preflight, procfs, rpc, supervisord_conf
 from .agent.notify import Notifier
 from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .exits import EXIT_CONFIG
@@ -108,22 +108,6 @@ def _end_adopted_orphans(supervisord_pid: int, ended: set[int]) -> None:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-
-
-def wake_supervisord(settings: Settings) -> bool:
-    """Talk to supervisord as soon as its socket answers; True once it has.
-
-    supervisord spawns its autostart programs (MLflow and the agent) only after its main loop's
-    first poll, which waits a full second unless something arrives on a socket: a second added
-    to every start (measured in docs/benchmarks.md). Any request ends that wait.
-    """
-    if not settings.socket_path.exists():
-        return False
-    try:
-        Supervisor(settings.socket_path, timeout=2).pid()
-    except SupervisorUnavailable:
-        return False  # not listening yet
-    return True
 
 
 def _ended(returncode: int) -> str:
@@ -290,7 +274,9 @@ def run(settings: Settings) -> int:
     next_orphan_check = 0.0
     while supervisord.poll() is None:
         if not woken and not stopping:
-            woken = wake_supervisord(settings)
+            # Any call ends supervisord's wait of a second before it starts its programs
+            # (measured in docs/benchmarks.md): talk to it as soon as its socket answers.
+            woken = rpc.answers(settings.socket_path)
             if woken:
                 progress.step("supervisord answers")
                 if settings.log_target != "files":  # where supervisord's log is shown to people

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .. import procfs
+from .. import local_http, procfs
 from ..programs import MLFLOW_ARTIFACTS_READINESS, MLFLOW_LIVENESS, MLFLOW_READINESS
 from .reconcile import ROUTE, Activity, ProbeRequest, ProbeResult, Space
 
@@ -33,32 +32,6 @@ class Check:
     authenticated: bool = False
     expect_body: bytes | None = None  # a prefix the body must start with
     unix_socket: str | None = None  # connect here instead of the URL's host:port
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket; the request still names host:port in its Host header."""
-
-    def __init__(self, path: str, host: str, port: int | None, timeout: float):
-        super().__init__(host, port, timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def http_connection(url: str, unix_socket: str | os.PathLike | None, timeout: float) -> http.client.HTTPConnection:
-    """A connection for `url`, made over `unix_socket` when one is given (MLflow's own listener)."""
-    parts = urlsplit(url)
-    if unix_socket:
-        return UnixHTTPConnection(str(unix_socket), parts.hostname, parts.port, timeout)
-    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
 
 def checks(settings: Settings) -> dict[tuple[str, str], list[Check]]:
@@ -86,27 +59,21 @@ def checks(settings: Settings) -> dict[tuple[str, str], list[Check]]:
 def _get(check: Check, token: str, timeout: float) -> tuple[bool, str | None]:
     """(whether the server answered at all, None when the check passes else what went wrong,
     never containing the token)."""
-    parts = urlsplit(check.url)
+    path = urlsplit(check.url).path
     headers = {"User-Agent": USER_AGENT, "Connection": "close"}
     if check.authenticated:
         headers["Authorization"] = f"token {token}"
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    connection = http_connection(check.url, check.unix_socket, timeout)
     try:
-        connection.request("GET", path, headers=headers)
-        response = connection.getresponse()
-        body = response.read(4096)
+        status, body = local_http.fetch(check.url, timeout, check.unix_socket, headers=headers)
     except TimeoutError:
-        return False, f"GET {parts.path}: no answer within {timeout:g} s"
+        return False, f"GET {path}: no answer within {timeout:g} s"
     except (OSError, http.client.HTTPException) as error:
-        return False, f"GET {parts.path}: {getattr(error, 'strerror', None) or error}"
-    finally:
-        connection.close()
-    if response.status != 200:
+        return False, f"GET {path}: {getattr(error, 'strerror', None) or error}"
+    if status != 200:
         snippet = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
-        return True, f"GET {parts.path}: HTTP {response.status} {snippet}".rstrip()
+        return True, f"GET {path}: HTTP {status} {snippet}".rstrip()
     if check.expect_body is not None and not body.startswith(check.expect_body):
-        return True, f"GET {parts.path}: unexpected body {body[:60]!r}"
+        return True, f"GET {path}: unexpected body {body[:60]!r}"
     return True, None
 
 

@@ -29,15 +29,18 @@ IDLE_LIMIT = 2.0  # seconds; well under uvicorn's 5 s keep-alive timeout
 MAX_IDLE = 16  # connections per address; more concurrent requests than this open new ones
 
 
+def readable(stream: iostream.IOStream) -> bool:
+    """Whether the peer sent something we have not read from the socket yet: bytes, or its end."""
+    ready = select.poll()
+    ready.register(stream.fileno(), select.POLLIN)
+    return bool(ready.poll(0))
+
+
 def _holds_unread(stream: iostream.IOStream) -> bool:
     """Whether an idle connection has something to read: MLflow's end of file or a stray byte in
     the socket, or bytes tornado already read past the last response (its buffer; tornado has no
     public way to ask, and tests/unit/test_connections.py pins this)."""
-    if getattr(stream, "_read_buffer_size", 0):
-        return True
-    ready = select.poll()
-    ready.register(stream.fileno(), select.POLLIN)
-    return bool(ready.poll(0))
+    return bool(getattr(stream, "_read_buffer_size", 0)) or readable(stream)
 
 
 class IdleConnections:

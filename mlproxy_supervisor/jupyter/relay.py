@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import select
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from urllib.parse import urlsplit
 from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters, is_transfer_encoding_chunked, parse_int
 
-from .connections import IdleConnections
+from .connections import IdleConnections, readable
 
 CHUNK = 1024 * 1024  # bytes at most per data_received() from MLflow
 # Bytes per socket read, both ways (tornado's default is 64 KiB): in a hand A/B of 100 MB
@@ -221,9 +220,7 @@ class Relay(httputil.HTTPMessageDelegate):
             if self.response_started or stream is None or stream.closed():
                 self.upload_cut = True
             else:
-                ready = select.poll()
-                ready.register(stream.fileno(), select.POLLIN)
-                self.upload_cut = bool(ready.poll(0))
+                self.upload_cut = readable(stream)
         return self.upload_cut
 
     def end_body(self) -> None:

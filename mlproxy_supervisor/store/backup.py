@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from .. import rpc
 from ..config import Settings
 from ..redact import redact_uri
-from ..rpc import Supervisor, SupervisorUnavailable
 from . import postgres, schema, sqlite
 
 MANIFEST = "manifest.json"
@@ -116,14 +116,6 @@ def backup(settings: Settings, destination: Path) -> dict:
     return manifest
 
 
-def stack_running(settings: Settings) -> bool:
-    try:
-        Supervisor(settings.socket_path, timeout=2).state()
-    except SupervisorUnavailable:
-        return False
-    return True
-
-
 def _move_aside(path: Path, stamp: str) -> Path | None:
     if not path.exists():
         return None
@@ -145,7 +137,7 @@ def restore(settings: Settings, source: Path) -> list[Path]:
             f"{source} is a backup of a {kind} store, and mlflow.backend_store_uri is a {store.kind} one: "
             "restore it into a stack configured like the one it came from. Nothing was changed."
         )
-    if stack_running(settings):
+    if rpc.answers(settings.socket_path):
         raise BackupError(
             f"the stack is running (supervisord answers on {settings.socket_path}): stop it first "
             "(systemctl stop mlproxy, or Ctrl-C on `mlproxy up`), then restore. Nothing was changed."

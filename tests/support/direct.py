@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
-from mlproxy_supervisor.agent.probes import http_connection
+from mlproxy_supervisor.local_http import connection as http_connection
 
 
 @dataclass
