@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .config import RESOLVED_ENV, ConfigError, Settings, config_search_path, load_settings, locate_stack, read_resolved
-from .exits import EXIT_CONFIG
+from .exits import EXIT_CONFIG, EXIT_DOWN, EXIT_INTERRUPTED
 
 
 def _settings(args) -> Settings:
@@ -103,7 +103,7 @@ def cmd_ctl(args) -> int:
     argv = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(settings.supervisord_conf), *args.args]
     if not settings.supervisord_conf.exists():
         print(f"mlproxy ctl: {settings.supervisord_conf} does not exist: is the stack running?", file=sys.stderr)
-        return 2
+        return EXIT_DOWN
     os.execv(sys.executable, argv)
 
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlproxy: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `mlproxy status | head -1`: the reader has what it wanted
         # Python flushes stdout again at exit; point it at /dev/null so that flush cannot fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -15,12 +15,12 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from pathlib import Path
 
 from . import files, systemd_unit
 from .config import ConfigError, Settings, load_settings
-from .systemd_unit import CONFIG_DIR, CONFIG_FILE, LOG_DIR, NAME, RUNTIME_DIR, STATE_DIR, UNIT_PATH, USER
+from .console import say
+from .layout import CONFIG_DIR, CONFIG_FILE, DEFAULT_CONFIG, LOG_DIR, NAME, RUNTIME_DIR, STATE_DIR, UNIT_PATH, USER
 
 # Hidden from the service by ProtectHome=yes: an installation there cannot run under the unit.
 HIDDEN_BY_PROTECT_HOME = (Path("/home"), Path("/root"), Path("/run/user"))
@@ -34,47 +34,8 @@ PATH_LINK = Path("/usr/local/bin/mlproxy")
 # package keeps its own supervisorctl and /etc/supervisor/: the wrapper is not put in front of it.
 SUPERVISORCTL_LINK = Path("/usr/local/bin/supervisorctl")
 
-DEFAULT_CONFIG = f"""\
-# mlproxy's configuration for the systemd service. Written once by `mlproxy install`, which never
-# overwrites it: edit freely, then `systemctl restart {NAME}`. Every key and its current value:
-# `mlproxy config show`. After changing a directory or an agent budget, run `mlproxy install`
-# again so the unit follows (ReadWritePaths=, timeouts).
-
-# The directories systemd makes for the service (StateDirectory=, RuntimeDirectory=,
-# LogsDirectory=), spelled out so that `mlproxy status`, `mlproxy url` and `mlproxy ctl` in an
-# operator's shell find the same files as the service.
-state_dir = "{STATE_DIR}"
-runtime_dir = "{RUNTIME_DIR}"
-log_dir = "{LOG_DIR}"
-# Program output goes to rotated files in log_dir and to the journal (journalctl -u {NAME}).
-log_target = "journal"
-
-[jupyter]
-# Loopback only: reach it through an SSH tunnel (ssh -L 8888:127.0.0.1:8888 HOST). Set "0.0.0.0"
-# to serve the network directly (token login applies; put TLS in front for anything public).
-ip = "127.0.0.1"
-port = 8888
-
-[mlflow]
-port = 5001
-# backend_store_uri = "postgresql://mlflow@db.example/mlflow"   # default: SQLite in state_dir
-
-[agent]
-metrics_port = 9181
-"""
-
-
 class InstallError(Exception):
     """Why install cannot go on, worded for the operator."""
-
-
-def say(message: str) -> None:
-    print(f"mlproxy: {message}", flush=True)
-
-
-def default_settings() -> Settings:
-    """The configuration a fresh install runs with (DEFAULT_CONFIG, no file, no environment)."""
-    return Settings(**tomllib.loads(DEFAULT_CONFIG))
 
 
 # --- checks ---------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import credentials
-from .programs import SERVICES
+from .exits import EXIT_CANNOT_START, EXIT_CONFIG
+from .programs import MLFLOW_SERVER_ENV, SERVICES, SOCKET_PEERS_LOCAL_ENV, STORE_LOCK_ENV
 from .store import schema, sqlite
 
 if TYPE_CHECKING:  # not imported at run time: the launcher must start fast
@@ -33,25 +34,8 @@ class LaunchError(Exception):
     pass
 
 
-# The variables `mlflow server` hands its uvicorn child (mlflow/server/constants.py and
-# environment_variables.py); a unit test checks them against the installed MLflow.
-MLFLOW_SERVER_ENV = {
-    "backend_store": "_MLFLOW_SERVER_FILE_STORE",
-    "registry_store": "_MLFLOW_SERVER_REGISTRY_STORE",
-    "artifact_root": "_MLFLOW_SERVER_ARTIFACT_ROOT",
-    "serve_artifacts": "_MLFLOW_SERVER_SERVE_ARTIFACTS",
-    "artifacts_destination": "_MLFLOW_SERVER_ARTIFACT_DESTINATION",
-    "sgi_name": "_MLFLOW_SGI_NAME",
-    "boot_id": "_MLFLOW_SERVER_BOOT_ID",
-    "in_job_executor": "_MLFLOW_IN_JOB_EXECUTOR",
-}
 # MLflow's unix socket reaches uvicorn (--fd) as this descriptor, bound by the launcher.
 MLFLOW_LISTEN_FD = 3
-# mlflow_app.py serializes store initialization across workers with this lock file.
-STORE_LOCK_ENV = "_MLPROXY_STORE_LOCK"
-# Set when MLflow's unix socket is reached only by the stack's own user (single-user mode):
-# mlflow_app.py then treats its peers as loopback ones.
-SOCKET_PEERS_LOCAL_ENV = "_MLPROXY_SOCKET_PEERS_LOCAL"
 
 
 def _package_file(package: str, *parts: str) -> str:
@@ -272,18 +256,18 @@ def main(argv: list[str]) -> int:
     """`python -m mlproxy_supervisor.launch FILE`: supervisord's command for MLflow and Jupyter."""
     if len(argv) != 2:
         print("usage: python -m mlproxy_supervisor.launch LAUNCH_FILE (written by `mlproxy up`)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     path = Path(argv[1])
     try:
         spec = json.loads(path.read_text())
     except OSError as error:
         print(f"mlproxy launch: cannot read {path}: {error.strerror}; `mlproxy up` writes it", file=sys.stderr, flush=True)
-        return 3
+        return EXIT_CANNOT_START
     try:
         exec_server(spec)
     except LaunchError as error:
         print(f"mlproxy launch {spec['service']}: {error}", file=sys.stderr, flush=True)
-        return 3
+        return EXIT_CANNOT_START
     return 0  # not reached: exec replaced this process
 
 

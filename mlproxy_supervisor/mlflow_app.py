@@ -21,8 +21,8 @@ import sqlalchemy
 from starlette.responses import JSONResponse, PlainTextResponse
 from werkzeug.exceptions import InternalServerError
 
-from .launch import MLFLOW_SERVER_ENV, SOCKET_PEERS_LOCAL_ENV, STORE_LOCK_ENV
-from .programs import MLFLOW_PROBE_PATHS
+from .exits import EXIT_CANNOT_START
+from .programs import MLFLOW_PROBE_PATHS, MLFLOW_SERVER_ENV, SOCKET_PEERS_LOCAL_ENV, STORE_LOCK_ENV
 from .store import sqlite
 
 CONNECT_TIMEOUT = 5  # seconds
@@ -87,7 +87,7 @@ try:
 except Exception as error:  # this line is the cause the agent reports from the log tail
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     print(f"mlproxy: MLflow cannot use its backend store: {type(error).__name__}: {message}", file=sys.stderr, flush=True)
-    sys.exit(3)
+    sys.exit(EXIT_CANNOT_START)
 
 from mlflow.server.fastapi_app import app, flask_app  # noqa: E402  (after the store check, as `mlflow server`)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import procfs, rpc
 from .config import Settings
+from .console import started_by_systemd
 from .files import current_user
 from .store import schema
 
@@ -56,7 +57,7 @@ def as_this_user() -> str:
     systemd that is an operator (often root) reading the journal: run as root, the command would
     leave root-owned files in the service's data directory. runuser is util-linux, on every
     Debian; sudo is not."""
-    if "INVOCATION_ID" in os.environ and os.geteuid() != 0:  # systemd sets it for every unit it runs
+    if started_by_systemd() and os.geteuid() != 0:
         return f"runuser -u {current_user()} -- "
     return ""
 

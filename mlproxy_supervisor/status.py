@@ -10,9 +10,9 @@ import time
 
 from . import rpc
 from .config import Settings
+from .exits import EXIT_DOWN, STATUS_EXIT
 from .status_document import ProbeReport, StatusDocument, age
 
-EXIT_CODES = {"ready": 0, "starting": 1, "degraded": 1, "down": 2}
 STALE_AFTER = 10.0  # seconds; the agent rewrites the document at least every 2 s
 
 
@@ -99,4 +99,4 @@ def run(settings: Settings, as_json: bool, wait: bool, timeout: float) -> int:
             time.sleep(0.2)
             status = current_status(settings)
     print(status.to_json().rstrip() if as_json else render_table(status))
-    return EXIT_CODES.get(status.overall, 2)
+    return STATUS_EXIT.get(status.overall, EXIT_DOWN)

@@ -22,19 +22,8 @@ from .agent import probes
 from .agent.reconcile import ROUTE
 from .config import Settings
 from .exits import EXIT_CONFIG
+from .layout import CONFIG_FILE, DOCUMENTED_PYTHON, LOG_DIR, NAME, RUNTIME_DIR, STATE_DIR, USER, default_settings
 from .timings import KILL_WAIT, ORPHAN_GRACE, RPC_TIMEOUT, WATCHDOG_MIN_SPACING
-
-NAME = "mlproxy"  # the unit, the system user and group, and the directories under /var/lib etc.
-USER = NAME
-UNIT_PATH = Path(f"/etc/systemd/system/{NAME}.service")
-CONFIG_DIR = Path("/etc") / NAME
-CONFIG_FILE = CONFIG_DIR / "mlproxy.toml"
-# What systemd creates for the unit (StateDirectory=, RuntimeDirectory=, LogsDirectory=), and what
-# the installed configuration names, so an operator's shell finds the same files.
-STATE_DIR = Path("/var/lib") / NAME
-RUNTIME_DIR = Path("/run") / NAME
-LOG_DIR = Path("/var/log") / NAME
-DOCUMENTED_PYTHON = "/opt/mlproxy/bin/python3"  # docs/install-vm.md installs here
 
 START_MARGIN = 30  # s: preflight, supervisord and the agent starting, before MLflow's budget runs
 STOP_MARGIN = 10  # s: supervisord's own bookkeeping between programs
@@ -234,8 +223,6 @@ WantedBy=multi-user.target
 
 def main() -> int:
     """Print the rendering for the documented installation and configuration."""
-    from .install import default_settings
-
     sys.stdout.write(render(default_settings(), DOCUMENTED_PYTHON))
     return 0
 

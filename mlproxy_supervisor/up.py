@@ -19,7 +19,8 @@ from pathlib import Path
 from . import credentials, launch, preflight, procfs, rpc, supervisord_conf
 from .agent.notify import Notifier
 from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
-from .exits import EXIT_CONFIG
+from .console import say, started_by_systemd
+from .exits import EXIT_CONFIG, EXIT_FAILED
 from .files import current_user
 from .rpc import Supervisor, SupervisorUnavailable
 from .status_document import StatusDocument
@@ -40,10 +41,6 @@ SOCKET_NOTE = (
     "supervisord's CRIT about 'running without any HTTP authentication checking' is expected: its "
     "socket {socket} is mode 0700, so only user {user} and root can use it"
 )
-
-
-def say(message: str) -> None:
-    print(f"mlproxy: {message}", flush=True)
 
 
 def _become_subreaper() -> None:
@@ -185,7 +182,7 @@ class Progress:
 def _should_print_token(token_generated: bool) -> bool:
     """The token goes to a terminal, or once to a container's log when it was just generated;
     never to systemd's journal (read `mlproxy url` there)."""
-    if "INVOCATION_ID" in os.environ:  # started by systemd
+    if started_by_systemd():
         return False
     return sys.stdout.isatty() or token_generated
 
@@ -220,7 +217,7 @@ def run(settings: Settings) -> int:
         for problem in problems:
             print(f"mlproxy: cannot start: {problem}", file=sys.stderr)
         # Only a cause that may pass by itself is worth systemd's restart; the rest need a person.
-        return 1 if all(problem.may_pass for problem in problems) else EXIT_CONFIG
+        return EXIT_FAILED if all(problem.may_pass for problem in problems) else EXIT_CONFIG
     if settings.state_dir.stat().st_uid == os.geteuid():
         settings.state_dir.chmod(0o700)  # made before this umask (by hand, an older mlproxy): close it
     # Under systemd, StatusText= is the agent's; what only `up` sees (a stop asked for,

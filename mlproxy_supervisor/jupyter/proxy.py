@@ -49,6 +49,7 @@ from jupyter_server_proxy.handlers import NamedLocalProxyHandler
 from tornado import httputil, web
 from tornado.tcpclient import TCPClient
 
+from ..config import JupyterSettings
 from . import scrub
 from .connections import IdleConnections
 from .relay import (
@@ -63,8 +64,9 @@ from .relay import (
 )
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-DEFAULT_MAX_UPLOAD_SIZE = 1 << 40  # bytes; streamed, so this bounds disk use, not memory
-DEFAULT_MLFLOW_TIMEOUT = 300.0  # seconds; jupyter-server-proxy's request_timeout
+# The limits' defaults, as the configuration states them (a Jupyter server given no options).
+DEFAULT_MAX_UPLOAD_SIZE = JupyterSettings.model_fields["max_upload_size"].default
+DEFAULT_MLFLOW_TIMEOUT = JupyterSettings.model_fields["mlflow_timeout"].default
 SMALL_BODY = 1 << 20  # bytes; a refused request with a body up to this size is read before the answer
 RETRY_AFTER = 5  # seconds, for clients while MLflow is not answering
 # Our errors, as MLflow's REST API spells them (its clients read error_code; they retry 503).

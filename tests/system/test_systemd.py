@@ -16,7 +16,7 @@ import time
 import pytest
 
 from mlproxy_supervisor import systemd_unit
-from mlproxy_supervisor.install import default_settings
+from mlproxy_supervisor.layout import default_settings
 from tests.stack import ROOT
 from tests.system.container import Container
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlproxy_supervisor import credentials, launch
+from mlproxy_supervisor import credentials, launch, programs
 from mlproxy_supervisor.config import ConfigError, load_settings
 
 
@@ -51,7 +51,7 @@ def test_s3_destination_and_endpoint_reach_mlflow_environment_not_argv():
     )
     argv, env = launch.mlflow_command(settings)
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:9000"
-    assert env[launch.MLFLOW_SERVER_ENV["artifacts_destination"]] == "s3://bucket/prefix"
+    assert env[programs.MLFLOW_SERVER_ENV["artifacts_destination"]] == "s3://bucket/prefix"
     assert not any("s3://" in part for part in argv)
 
 

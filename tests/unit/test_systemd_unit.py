@@ -13,7 +13,7 @@ import tomllib
 
 import pytest
 
-from mlproxy_supervisor import install, logforward, preflight, supervisord_conf, systemd_unit
+from mlproxy_supervisor import install, layout, logforward, preflight, supervisord_conf, systemd_unit
 from mlproxy_supervisor.agent.notify import Notifier
 from mlproxy_supervisor.config import Settings
 from mlproxy_supervisor.exits import EXIT_CONFIG
@@ -31,7 +31,7 @@ def clean_environment(monkeypatch):
 
 
 def settings(**changes) -> Settings:
-    data = tomllib.loads(install.DEFAULT_CONFIG)
+    data = tomllib.loads(layout.DEFAULT_CONFIG)
     for key, value in changes.items():
         section, _, name = key.rpartition("__")
         (data.setdefault(section, {}) if section else data)[name] = value
@@ -43,12 +43,12 @@ def directive(unit: str, name: str) -> list[str]:
 
 
 def test_committed_unit_is_the_renderers_output():
-    rendered = systemd_unit.render(install.default_settings(), systemd_unit.DOCUMENTED_PYTHON)
+    rendered = systemd_unit.render(layout.default_settings(), layout.DOCUMENTED_PYTHON)
     assert COMMITTED.read_text() == rendered, f"systemd/mlproxy.service drifted from the renderer; regenerate: {REGENERATE}"
 
 
 def test_unit_names_the_installation_and_the_installed_config():
-    unit = systemd_unit.render(install.default_settings(), "/srv/venv/bin/python3")
+    unit = systemd_unit.render(layout.default_settings(), "/srv/venv/bin/python3")
     assert directive(unit, "ExecStart") == ["/srv/venv/bin/python3 -m mlproxy_supervisor up --config /etc/mlproxy/mlproxy.toml"]
     assert directive(unit, "Type") == ["notify"] and directive(unit, "NotifyAccess") == ["all"]
     assert directive(unit, "User") == ["mlproxy"]
@@ -57,16 +57,16 @@ def test_unit_names_the_installation_and_the_installed_config():
 
 
 def test_default_config_matches_the_directories_systemd_makes():
-    config = install.default_settings()
+    config = layout.default_settings()
     assert (config.state_dir, config.runtime_dir, config.log_dir) == (
-        systemd_unit.STATE_DIR, systemd_unit.RUNTIME_DIR, systemd_unit.LOG_DIR,
+        layout.STATE_DIR, layout.RUNTIME_DIR, layout.LOG_DIR,
     )  # fmt: skip
     assert config.log_target == "journal"
     assert systemd_unit.writable_paths(config) == []  # everything lives in the unit's own directories
 
 
 def test_stop_timeout_covers_the_programs_ordered_stop():
-    config = install.default_settings()
+    config = layout.default_settings()
     stops = {}
     for name in supervisord_conf.PROGRAMS:
         stops[name] = int(re.search(r"^stopwaitsecs=(\d+)", supervisord_conf.program_template(name), re.M).group(1))
@@ -86,7 +86,7 @@ def test_start_timeout_follows_the_agents_budgets():
 
 
 def test_watchdog_covers_the_longest_agent_step_and_the_agent_pings_often_enough():
-    config = install.default_settings()
+    config = layout.default_settings()
     timeouts = systemd_unit.timeouts(config)
     assert timeouts.watchdog > systemd_unit.agent_step_bound(config) + 1
     usec = str(timeouts.watchdog * 1_000_000)
