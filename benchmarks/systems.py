@@ -161,7 +161,7 @@ class Bare:
             directory.mkdir(parents=True, exist_ok=True)
         settings.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.token = credentials.ensure_token(settings.jupyter.token_file)
-        launch.prepare_jupyter(launch.launch_spec("jupyter", settings))  # the token copy, the notebook directory
+        launch.prepare_jupyter(launch.launch_spec("jupyter", settings).jupyter)  # the token copy, the notebook directory
 
     def start_mlflow(self) -> subprocess.Popen:
         argv, extra = mlflow_command(self.settings)

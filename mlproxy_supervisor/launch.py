@@ -18,6 +18,7 @@ import socket
 import stat
 import sys
 import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,49 +146,100 @@ def jupyter_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
-def launch_spec(name: str, settings: Settings) -> dict:
+@dataclass(frozen=True)
+class MLflowPreparation:
+    """What the launcher checks and prepares before MLflow starts."""
+
+    backend_store_uri: str
+    schema_upgrade: str  # "refuse" or "backup-and-upgrade"
+    sqlite_journal_mode: str
+    credentials_file: str | None  # KEY=VALUE secrets for MLflow's process only
+    unix_socket: str | None  # MLflow listens here (None: on TCP)
+
+
+@dataclass(frozen=True)
+class JupyterPreparation:
+    """What the launcher prepares before Jupyter starts."""
+
+    token_file: str
+    token_copy: str  # the normalized private copy Jupyter reads
+    root_dir: str
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One server's launch, resolved from the configuration by `up` into a 0600 launch file and
+    read back by the launcher: written and read by this class alone."""
+
+    service: str
+    argv: list[str]
+    env: dict[str, str]
+    mlflow: MLflowPreparation | None = None
+    jupyter: JupyterPreparation | None = None
+
+    def write(self, path: Path) -> None:
+        credentials.write_private(path, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> LaunchSpec:
+        """Raises OSError (unreadable) or ValueError (not a launch file of this version)."""
+        data = json.loads(path.read_text())
+        try:
+            return cls(
+                **{**data, "mlflow": data["mlflow"] and MLflowPreparation(**data["mlflow"]),
+                   "jupyter": data["jupyter"] and JupyterPreparation(**data["jupyter"])}
+            )  # fmt: skip
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"not a launch file of this mlproxy ({error}); `mlproxy up` writes it") from None
+
+
+def launch_spec(name: str, settings: Settings) -> LaunchSpec:
     """What the launcher needs to start one server, resolved from the config."""
     if name == "mlflow":
         argv, env = mlflow_command(settings)
-        checks = {
-            "backend_store_uri": settings.mlflow.backend_store_uri,
-            "schema_upgrade": settings.mlflow.schema_upgrade,
-            "sqlite_journal_mode": settings.mlflow.sqlite_journal_mode,
-            "credentials_file": str(settings.mlflow.credentials_file or ""),
-            "unix_socket": str(settings.mlflow_socket or ""),
-        }
-    elif name == "jupyter":
+        mlflow = settings.mlflow
+        preparation = MLflowPreparation(
+            backend_store_uri=mlflow.backend_store_uri,
+            schema_upgrade=mlflow.schema_upgrade,
+            sqlite_journal_mode=mlflow.sqlite_journal_mode,
+            credentials_file=str(mlflow.credentials_file) if mlflow.credentials_file else None,
+            unix_socket=str(settings.mlflow_socket) if settings.mlflow_socket else None,
+        )
+        return LaunchSpec(name, argv, env, mlflow=preparation)
+    if name == "jupyter":
         argv, env = jupyter_command(settings)
-        checks = {
-            "token_file": str(settings.jupyter.token_file),
-            "token_copy": str(settings.jupyter_token_copy),
-            "root_dir": str(settings.jupyter.root_dir),
-        }
-    else:
-        raise LaunchError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
-    return {"service": name, "argv": argv, "env": env, **checks}
+        preparation = JupyterPreparation(
+            token_file=str(settings.jupyter.token_file),
+            token_copy=str(settings.jupyter_token_copy),
+            root_dir=str(settings.jupyter.root_dir),
+        )
+        return LaunchSpec(name, argv, env, jupyter=preparation)
+    raise LaunchError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
+
+
+def launch_file(settings: Settings, name: str) -> Path:
+    return settings.programs_dir / f"{name}.json"
 
 
 def write_launch_files(settings: Settings) -> None:
     for name in SERVICES:
-        spec = launch_spec(name, settings)
-        credentials.write_private(settings.programs_dir / f"{name}.json", json.dumps(spec, indent=2) + "\n")
+        launch_spec(name, settings).write(launch_file(settings, name))
 
 
-def prepare_mlflow(spec: dict, env: dict[str, str]) -> None:
+def prepare_mlflow(spec: MLflowPreparation, env: dict[str, str]) -> None:
     """Refuse, or back up and upgrade, an out-of-date SQLite schema before MLflow sees it."""
-    uri = spec["backend_store_uri"]
+    uri = spec.backend_store_uri
     database = sqlite.database_file(uri)
     if database is None:
         return  # other databases: MLflow's own check (mlflow_app.py) refuses with its message
     state = schema.inspect_sqlite(database)
     if state is not None and not state.up_to_date:
         _upgrade(spec, uri, database, state, env)
-    sqlite.set_journal_mode(database, spec["sqlite_journal_mode"])
+    sqlite.set_journal_mode(database, spec.sqlite_journal_mode)
 
 
-def _upgrade(spec: dict, uri: str, database: Path, state: schema.SchemaState, env: dict[str, str]) -> None:
-    if state.newer_than_mlflow or spec["schema_upgrade"] == "refuse":
+def _upgrade(spec: MLflowPreparation, uri: str, database: Path, state: schema.SchemaState, env: dict[str, str]) -> None:
+    if state.newer_than_mlflow or spec.schema_upgrade == "refuse":
         raise LaunchError(schema.refusal(state, uri))
     backup = schema.backup_and_upgrade(state, uri, env)
     print(f"mlproxy: upgraded {database} from {state.current} to {state.expected}; backup at {backup}", flush=True)
@@ -220,36 +272,36 @@ def listen_on_socket(path: str) -> None:
         os.set_inheritable(fd, True)
 
 
-def prepare_jupyter(spec: dict) -> str:
+def prepare_jupyter(spec: JupyterPreparation) -> str:
     """Returns the token."""
     # Jupyter reads its token file verbatim (a trailing newline would become part of the
     # token), so it gets a normalized private copy in the 0700 runtime directory.
-    token = credentials.read_token(Path(spec["token_file"]))
-    credentials.write_private(Path(spec["token_copy"]), token)
-    Path(spec["root_dir"]).mkdir(parents=True, exist_ok=True)
+    token = credentials.read_token(Path(spec.token_file))
+    credentials.write_private(Path(spec.token_copy), token)
+    Path(spec.root_dir).mkdir(parents=True, exist_ok=True)
     return token
 
 
-def exec_server(spec: dict) -> None:
-    env = {**os.environ, **spec["env"]}
+def exec_server(spec: LaunchSpec) -> None:
+    env = {**os.environ, **spec.env}
     env.pop(credentials.TOKEN_ENV, None)  # the file is the one source; keep the value out of environments
     try:
-        if spec["service"] == "mlflow":
+        if spec.mlflow is not None:
             if MLFLOW_SERVER_ENV["boot_id"] in env:
                 env[MLFLOW_SERVER_ENV["boot_id"]] = uuid.uuid4().hex  # one per server start, as `mlflow server` does
-            env.update(credentials.store_secrets(env, spec.get("credentials_file")))
-            prepare_mlflow(spec, env)
-            if spec.get("unix_socket"):
-                listen_on_socket(spec["unix_socket"])
+            env.update(credentials.store_secrets(env, spec.mlflow.credentials_file))
+            prepare_mlflow(spec.mlflow, env)
+            if spec.mlflow.unix_socket:
+                listen_on_socket(spec.mlflow.unix_socket)
         else:
             for name in credentials.STORE_SECRETS:  # kernels and terminals have no use for them
                 env.pop(name, None)
             # Kernels inherit it: their MLflow client authenticates to Jupyter's route with it.
             # Environment only (readable by this user alone), never argv or a launch file.
-            env["MLFLOW_TRACKING_TOKEN"] = prepare_jupyter(spec)
+            env["MLFLOW_TRACKING_TOKEN"] = prepare_jupyter(spec.jupyter)
     except (schema.SchemaError, sqlite.StoreError, credentials.CredentialError) as error:
         raise LaunchError(str(error)) from None
-    os.execve(spec["argv"][0], spec["argv"], env)
+    os.execve(spec.argv[0], spec.argv, env)
 
 
 def main(argv: list[str]) -> int:
@@ -259,14 +311,17 @@ def main(argv: list[str]) -> int:
         return EXIT_CONFIG
     path = Path(argv[1])
     try:
-        spec = json.loads(path.read_text())
+        spec = LaunchSpec.read(path)
     except OSError as error:
         print(f"mlproxy launch: cannot read {path}: {error.strerror}; `mlproxy up` writes it", file=sys.stderr, flush=True)
+        return EXIT_CANNOT_START
+    except ValueError as error:
+        print(f"mlproxy launch: {path}: {error}", file=sys.stderr, flush=True)
         return EXIT_CANNOT_START
     try:
         exec_server(spec)
     except LaunchError as error:
-        print(f"mlproxy launch {spec['service']}: {error}", file=sys.stderr, flush=True)
+        print(f"mlproxy launch {spec.service}: {error}", file=sys.stderr, flush=True)
         return EXIT_CANNOT_START
     return 0  # not reached: exec replaced this process
 

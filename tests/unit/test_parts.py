@@ -4,7 +4,6 @@ launch environment, token file."""
 from __future__ import annotations
 
 import configparser
-import json
 import os
 import socket
 import stat
@@ -15,7 +14,7 @@ from dataclasses import replace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlproxy_supervisor import credentials, files, launch, supervisord_conf
+from mlproxy_supervisor import credentials, files, launch, programs, supervisord_conf
 from mlproxy_supervisor.agent import metrics, report
 from mlproxy_supervisor.agent.notify import Notifier
 from mlproxy_supervisor.agent.reconcile import Memory, Phase, ProbeResult
@@ -127,11 +126,11 @@ def test_mlflow_launch_keeps_secrets_out_of_argv(tmp_path):
     config = Settings(state_dir=tmp_path, mlflow={"backend_store_uri": "postgresql://ml:s3cret@db/mlflow"})
     argv, env = launch.mlflow_command(config)
     assert not any("s3cret" in arg for arg in argv)
-    assert env[launch.MLFLOW_SERVER_ENV["backend_store"]].endswith("s3cret@db/mlflow")
+    assert env[programs.MLFLOW_SERVER_ENV["backend_store"]].endswith("s3cret@db/mlflow")
     # By default MLflow listens on a unix socket in the 0700 runtime directory (the launcher binds
     # it and hands it over as a descriptor), on no TCP port.
     assert argv[argv.index("--fd") + 1] == str(launch.MLFLOW_LISTEN_FD)
-    assert launch.launch_spec("mlflow", config)["unix_socket"] == str(tmp_path / "run" / "mlflow.sock")
+    assert launch.launch_spec("mlflow", config).mlflow.unix_socket == str(tmp_path / "run" / "mlflow.sock")
     assert "--host" not in argv and "--port" not in argv
 
 
@@ -160,7 +159,7 @@ def test_mlflow_server_variables_match_the_installed_mlflow():
         "boot_id": variables._MLFLOW_SERVER_BOOT_ID.name,
         "in_job_executor": variables._MLFLOW_IN_JOB_EXECUTOR.name,
     }
-    assert expected == launch.MLFLOW_SERVER_ENV
+    assert expected == programs.MLFLOW_SERVER_ENV
 
 
 def test_jupyter_launch_reads_the_token_from_a_file(tmp_path):
@@ -180,8 +179,8 @@ def test_launch_files_are_private_and_hold_no_token(tmp_path):
         path = config.programs_dir / f"{name}.json"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert token not in path.read_text()
-        spec = json.loads(path.read_text())
-        assert spec["service"] == name and spec["argv"][0] == sys.executable
+        spec = launch.LaunchSpec.read(path)
+        assert spec.service == name and spec.argv[0] == sys.executable
 
 
 def test_launcher_without_its_file_says_what_writes_it(tmp_path):

@@ -113,4 +113,4 @@ def test_launch_files_hold_the_secrets_file_path_not_its_secrets(clean_environme
     for name in launch.SERVICES:
         text = (settings.programs_dir / f"{name}.json").read_text()
         assert "never-in-a-launch-file" not in text and "nor-this" not in text
-    assert json.loads((settings.programs_dir / "mlflow.json").read_text())["credentials_file"] == str(path)
+    assert launch.LaunchSpec.read(settings.programs_dir / "mlflow.json").mlflow.credentials_file == str(path)
