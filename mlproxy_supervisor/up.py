@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import credentials, launch, preflight, procfs, rpc, supervisord_conf
@@ -210,97 +211,139 @@ def child_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def run(settings: Settings) -> int:
+class CannotStart(Exception):
+    """Why the stack cannot start, one line per cause; `code` is what `up` exits with."""
+
+    def __init__(self, *causes: object, code: int = EXIT_CONFIG):
+        super().__init__(*causes)
+        self.causes = [str(cause) for cause in causes]
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A stack ready for supervisord: its configuration file, environment and token."""
+
+    conf: Path
+    env: dict[str, str]
+    token: str
+    token_generated: bool  # first start: the URL with the token may go to a container's log
+
+
+def prepare(settings: Settings, notifier: Notifier) -> Prepared:
+    """Everything before supervisord starts: the checks, the PostgreSQL schema, the token, the
+    runtime files. Raises CannotStart, having started nothing."""
     os.umask(STACK_UMASK)
     problems = preflight.check_all(settings)
     if problems:
-        for problem in problems:
-            print(f"mlproxy: cannot start: {problem}", file=sys.stderr)
         # Only a cause that may pass by itself is worth systemd's restart; the rest need a person.
-        return EXIT_FAILED if all(problem.may_pass for problem in problems) else EXIT_CONFIG
+        raise CannotStart(*problems, code=EXIT_FAILED if all(problem.may_pass for problem in problems) else EXIT_CONFIG)
     if settings.state_dir.stat().st_uid == os.geteuid():
         settings.state_dir.chmod(0o700)  # made before this umask (by hand, an older mlproxy): close it
-    # Under systemd, StatusText= is the agent's; what only `up` sees (a stop asked for,
-    # supervisord gone) it says itself, so the status is never a stale "ready".
-    notifier = Notifier()
     if postgres.is_postgres(settings.mlflow.backend_store_uri):
         # Under systemd: the start may wait on another host's upgrade; it is alive, not hung.
         keep_alive = lambda: notifier.send(f"WATCHDOG=1\nEXTEND_TIMEOUT_USEC={30 * 10**6}")  # noqa: E731
         try:
             schema.prepare_postgres(settings, say, keep_alive, preflight.as_this_user())
         except schema.SchemaError as error:
-            print(f"mlproxy: cannot start: {error}", file=sys.stderr)
-            return EXIT_CONFIG
+            raise CannotStart(error) from None
     provided = os.environ.get(credentials.TOKEN_ENV)
     token_generated = provided is None and not settings.jupyter.token_file.exists()
     try:
         token = credentials.ensure_token(settings.jupyter.token_file, provided)
     except credentials.CredentialError as error:
-        print(f"mlproxy: cannot start: {error}", file=sys.stderr)
-        return 1
+        raise CannotStart(error, code=EXIT_FAILED) from None
     settings.status_file.unlink(missing_ok=True)  # a previous run's status is not this one's
-    conf = prepare_runtime(settings)
-    env = child_environment(settings)
-    if os.geteuid() == 0:
-        say("running as root; on a server prefer `mlproxy install`, which runs the stack as user mlproxy")
+    return Prepared(prepare_runtime(settings), child_environment(settings), token, token_generated)
 
-    _become_subreaper()
-    started = time.monotonic()
-    supervisord = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
-        env=env,
-        start_new_session=True,  # Ctrl-C reaches us only; we ask supervisord to stop in order
-    )
-    stopping = False
-    failed = False
 
-    def request_stop(signum, frame):
-        nonlocal stopping
-        if not stopping:
-            stopping = True
+class Supervision:
+    """supervisord as our child until it exits: SIGINT, SIGTERM and SIGHUP become one ordered stop,
+    the agent's status document becomes progress lines and the URL, orphans are ended."""
+
+    def __init__(self, settings: Settings, prepared: Prepared, notifier: Notifier):
+        self.settings = settings
+        self.prepared = prepared
+        self.notifier = notifier
+        self.stopping = False
+        self.failed = False  # the start failed (the agent never reported)
+        self.started = time.monotonic()
+        self.supervisord = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(prepared.conf)],
+            env=prepared.env,
+            start_new_session=True,  # Ctrl-C reaches us only; we ask supervisord to stop in order
+        )
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self.request_stop)
+
+    def request_stop(self, signum=None, frame=None) -> None:
+        if not self.stopping:
+            self.stopping = True
             say("stopping (Jupyter, then MLflow)...")
-            notifier.status("stopping: Jupyter, then MLflow")
-            supervisord.send_signal(signal.SIGTERM)
+            self.notifier.status("stopping: Jupyter, then MLflow")
+            self.supervisord.send_signal(signal.SIGTERM)
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, request_stop)
+    def _wake(self, progress: Progress) -> bool:
+        """Any call ends supervisord's wait of a second before it starts its programs (measured
+        in docs/benchmarks.md): talk to it as soon as its socket answers."""
+        if not rpc.answers(self.settings.socket_path):
+            return False
+        progress.step("supervisord answers")
+        if self.settings.log_target != "files":  # where supervisord's log is shown to people
+            say(SOCKET_NOTE.format(socket=self.settings.socket_path, user=current_user()))
+        return True
 
-    progress = Progress(settings, started)
-    woken = False
-    ended_orphans: set[int] = set()
-    next_orphan_check = 0.0
-    while supervisord.poll() is None:
-        if not woken and not stopping:
-            # Any call ends supervisord's wait of a second before it starts its programs
-            # (measured in docs/benchmarks.md): talk to it as soon as its socket answers.
-            woken = rpc.answers(settings.socket_path)
-            if woken:
-                progress.step("supervisord answers")
-                if settings.log_target != "files":  # where supervisord's log is shown to people
-                    say(SOCKET_NOTE.format(socket=settings.socket_path, user=current_user()))
-            time.sleep(0.02)
-            continue
-        time.sleep(0.1)
-        _reap(keep=supervisord.pid)
-        if stopping:
-            continue
-        if time.monotonic() >= next_orphan_check:
-            _end_adopted_orphans(supervisord.pid, ended_orphans)
-            next_orphan_check = time.monotonic() + 1.0
-        status = StatusDocument.read(settings.status_file)
+    def _report(self, progress: Progress) -> None:
+        status = StatusDocument.read(self.settings.status_file)
         if status is None:
             silence = progress.agent_silent()
             if silence is not None:
                 print(f"mlproxy: cannot start: {silence}", file=sys.stderr, flush=True)
-                request_stop(None, None)
-                failed = True
-            continue
-        if progress.update(status):
-            print_url(settings, token if _should_print_token(token_generated) else None, time.monotonic() - started)
-    code = supervisord.returncode
-    if not stopping:
-        notifier.status(f"down: supervisord {_ended(code)}; stopping what it left")
-    _kill_orphans()
-    settings.resolved_file.unlink(missing_ok=True)  # no running stack to describe any more
-    say("stopped" if code == 0 else f"supervisord {_ended(code)}")
-    return 1 if failed and code == 0 else code
+                self.request_stop()
+                self.failed = True
+        elif progress.update(status):
+            token = self.prepared.token if _should_print_token(self.prepared.token_generated) else None
+            print_url(self.settings, token, time.monotonic() - self.started)
+
+    def watch(self) -> int:
+        """Until supervisord exits; then end what it left. Returns up's exit status."""
+        progress = Progress(self.settings, self.started)
+        woken = False
+        ended_orphans: set[int] = set()
+        next_orphan_check = 0.0
+        while self.supervisord.poll() is None:
+            if not woken and not self.stopping:
+                woken = self._wake(progress)
+                time.sleep(0.02)
+                continue
+            time.sleep(0.1)
+            _reap(keep=self.supervisord.pid)
+            if self.stopping:
+                continue
+            if time.monotonic() >= next_orphan_check:
+                _end_adopted_orphans(self.supervisord.pid, ended_orphans)
+                next_orphan_check = time.monotonic() + 1.0
+            self._report(progress)
+        code = self.supervisord.returncode
+        if not self.stopping:
+            self.notifier.status(f"down: supervisord {_ended(code)}; stopping what it left")
+        _kill_orphans()
+        self.settings.resolved_file.unlink(missing_ok=True)  # no running stack to describe any more
+        say("stopped" if code == 0 else f"supervisord {_ended(code)}")
+        return EXIT_FAILED if self.failed and code == 0 else code
+
+
+def run(settings: Settings) -> int:
+    # Under systemd, StatusText= is the agent's; what only `up` sees (a stop asked for,
+    # supervisord gone) it says itself, so the status is never a stale "ready".
+    notifier = Notifier()
+    try:
+        prepared = prepare(settings, notifier)
+    except CannotStart as refusal:
+        for cause in refusal.causes:
+            print(f"mlproxy: cannot start: {cause}", file=sys.stderr)
+        return refusal.code
+    if os.geteuid() == 0:
+        say("running as root; on a server prefer `mlproxy install`, which runs the stack as user mlproxy")
+    _become_subreaper()
+    return Supervision(settings, prepared, notifier).watch()
