@@ -1,18 +1,18 @@
 """Render supervisord's configuration from the one config model.
 
 The program files in ``supervisord.conf.d/`` (shipped in the wheel) hold each program's restart
-and stop policy; only install-specific values (${python}, ${state_dir}, ${logging}) are filled in
-here. The result goes to the 0700 runtime directory, where operators can read what runs.
+and stop policy, and ``templates/supervisord.conf`` the main file; only install-specific values
+(${python}, ${state_dir}, ${logging}) are filled in here. The result goes to the 0700 runtime
+directory, where operators can read what runs.
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
-from importlib import resources
 from pathlib import Path
-from string import Template
 
+from . import templates
 from .config import Settings
 from .programs import PROGRAMS
 
@@ -53,12 +53,9 @@ def programs(settings: Settings) -> tuple[str, ...]:
     return PROGRAMS + ((LOG_FORWARDER,) if settings.log_target in ("stdout", "journal") else ())
 
 
-def program_template(name: str) -> str:
-    return resources.files(__package__).joinpath("supervisord.conf.d", f"{name}.conf").read_text()
-
-
 def render_program(name: str, settings: Settings) -> str:
-    return Template(program_template(name)).substitute(
+    return templates.render(
+        f"supervisord.conf.d/{name}.conf",
         python=_escape(sys.executable),
         state_dir=_escape(settings.state_dir),
         programs_dir=_escape(shlex.quote(str(settings.programs_dir))),  # supervisord splits commands like a shell
@@ -70,38 +67,22 @@ def render_program(name: str, settings: Settings) -> str:
 def render_main(settings: Settings, programs_dir: Path) -> str:
     # silent: no echo of supervisord's log to its stdout, except to the journal (where the file
     # would otherwise be the only copy); in stdout mode the log file is stdout itself.
-    silent = "false" if settings.log_target == "journal" else "true"
     if settings.log_target == "stdout":
         logfile, maxbytes, backups = "/dev/stdout", "0", "0"
     else:
         logfile, maxbytes, backups = _escape(settings.log_dir / "supervisord.log"), LOG_MAXBYTES, LOG_BACKUPS
-    socket = _escape(settings.socket_path)
-    return f"""\
-; Written by `mlproxy up` from the mlproxy configuration: change that, not this file.
-[unix_http_server]
-file={socket}
-chmod=0700
-
-[supervisord]
-nodaemon=true
-silent={silent}
-logfile={logfile}
-logfile_maxbytes={maxbytes}
-logfile_backups={backups}
-pidfile={_escape(settings.pid_file)}
-childlogdir={_escape(settings.log_dir)}
-directory={_escape(settings.state_dir)}
-identifier=mlproxy
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{socket}
-
-[include]
-files = {_escape(programs_dir)}/*.conf
-"""
+    return templates.render(
+        "templates/supervisord.conf",
+        socket=_escape(settings.socket_path),
+        silent="false" if settings.log_target == "journal" else "true",
+        logfile=logfile,
+        maxbytes=maxbytes,
+        backups=backups,
+        pidfile=_escape(settings.pid_file),
+        log_dir=_escape(settings.log_dir),
+        state_dir=_escape(settings.state_dir),
+        programs_dir=_escape(programs_dir),
+    )
 
 
 def write_config(settings: Settings) -> Path:

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import preflight, supervisord_conf
+from . import preflight, supervisord_conf, templates
 from .agent import probes
 from .agent.reconcile import ROUTE
 from .config import Settings
@@ -105,120 +105,34 @@ def render(settings: Settings, python: str | None = None) -> str:
             "# Directories the configuration puts outside the ones above (\"-\": not an error if missing).\n"
             + "".join(f"ReadWritePaths=-{path}\n" for path in extra)
         )
-    return f"""\
-# mlproxy: MLflow served through Jupyter's port and login, supervised (supervisord runs the health
-# agent, MLflow and Jupyter). Rendered by `mlproxy install` from the configuration
-# ({CONFIG_FILE}) and the supervisord program policies: mlproxy_supervisor/systemd_unit.py.
-# Do not edit: put local changes in a drop-in (systemctl edit {NAME}), and re-run
-# `mlproxy install` after changing directories or agent budgets in the configuration.
-
-[Unit]
-Description=mlproxy: MLflow inside Jupyter, supervised
-# MLflow may use a database or artifact store on another host.
-Wants=network-online.target
-After=network-online.target
-# Five failed starts in a row ({START_LIMIT_BURST} x (TimeoutStartSec + RestartSec)), then stay failed.
-StartLimitIntervalSec={t.start_limit_interval}
-StartLimitBurst={START_LIMIT_BURST}
-
-[Service]
-# The health agent sends READY=1 once the route through Jupyter works, STATUS= on every change,
-# and WATCHDOG=1 while supervisord answers. Hardening exception: NotifyAccess=all, because the
-# agent is supervisord's child, not the main process.
-Type=notify
-NotifyAccess=all
-# `mlproxy up` runs supervisord in the foreground as its child, turns SIGTERM into an ordered
-# stop (agent, Jupyter, then MLflow) and kills whatever supervisord leaves behind.
-ExecStart={python} -m mlproxy_supervisor up --config {CONFIG_FILE}
-User={USER}
-Group={USER}
-# The user's home ({STATE_DIR}): kernels' caches, ~/.local, ~/.jupyter live there.
-WorkingDirectory={settings.state_dir}
-StateDirectory={NAME}
-StateDirectoryMode=0750
-# Holds supervisord's socket: only user {USER} (and root) may talk to it.
-RuntimeDirectory={NAME}
-RuntimeDirectoryMode=0700
-LogsDirectory={NAME}
-LogsDirectoryMode=0750
-ConfigurationDirectory={NAME}
-{extra_lines}SyslogIdentifier={NAME}
-
-# Start: MLflow's measured cold start is 5-8 s on 2 cores (about 8 s the first time, when it
-# creates its database); a slow VM gets the agent's own budgets: mlflow_startup_budget
-# ({agent.mlflow_startup_budget:g} s) + jupyter_startup_budget ({agent.jupyter_startup_budget:g} s) + {START_MARGIN} s for preflight, supervisord
-# and the agent. No READY=1 by then: the start failed.
-TimeoutStartSec={t.start}
-# Stop: supervisord stops the programs one after another, each within its stopwaitsecs:
-# {stop_terms} = {t.stop_budget} s; then `mlproxy up` gives leftovers {ORPHAN_GRACE:g} s; plus {STOP_MARGIN} s.
-TimeoutStopSec={t.stop}
-# SIGTERM to `mlproxy up` only, which asks supervisord for that ordered stop; SIGKILL to
-# whatever is left when TimeoutStopSec runs out.
-KillMode=mixed
-# The agent pings after each loop step in which supervisord answered (at most once a second). One
-# step is bounded by its timeouts: XML-RPC calls ({RPC_TIMEOUT:g} s each), the route probe's checks in a row,
-# a restart's reap wait: {t.agent_step} s at most. Plus {WATCHDOG_MIN_SPACING:g} s spacing and {WATCHDOG_MARGIN} s margin, rounded up:
-# a frozen supervisord or agent is restarted; a slow one never is.
-WatchdogSec={t.watchdog}
-Restart=on-failure
-RestartSec={RESTART_SEC}
-# A refusal that needs a person (configuration, database schema, packages, directories):
-# restarting cannot fix it, so the unit fails once and `systemctl status` shows why.
-RestartPreventExitStatus={EXIT_CONFIG}
-
-# Hardening: `systemd-analyze security {NAME}` scores this unit 1.5 (a default unit: 9.6).
-# What MLflow, Jupyter and notebook kernels need, and why, is noted at each exception.
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-# GPU hosts: notebooks need /dev/nvidia*; use a drop-in with PrivateDevices=no (docs/install-vm.md).
-PrivateDevices=yes
-PrivateUsers=yes
-PrivateMounts=yes
-PrivateIPC=yes
-NoNewPrivileges=yes
-CapabilityBoundingSet=
-AmbientCapabilities=
-# (Also grants read access to /dev/rtc, which the score counts.)
-ProtectClock=yes
-ProtectHostname=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectProc=invisible
-LockPersonality=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-RestrictNamespaces=yes
-RemoveIPC=yes
-UMask=0077
-SystemCallArchitectures=native
-# Exceptions inside @system-service, kept: @chown (supervisord chowns its socket, even when to
-# itself) and @resources (notebook code sets thread affinity, priorities and rlimits: BLAS and
-# OpenMP thread pools, os.sched_setaffinity, os.nice, resource.setrlimit).
-SystemCallFilter=@system-service
-# A filtered call fails with EPERM instead of killing a user's kernel.
-SystemCallErrorNumber=EPERM
-# Exceptions: Internet sockets, since Jupyter serves users over the network and MLflow and
-# kernels reach databases, artifact stores and package indexes; unix sockets for supervisord's
-# socket, systemd's notify socket and the journal; netlink because ZeroMQ (the kernels'
-# transport) and jupyter_client list the local interfaces with getifaddrs(): without it every
-# kernel dies at start ("Address family not supported by protocol", src/ip_resolver.cpp).
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-# Exceptions, not set:
-# - PrivateNetwork=, IPAddressDeny=: Jupyter serves users on any address it is configured for,
-#   and kernels and MLflow connect out (see RestrictAddressFamilies=).
-# - MemoryDenyWriteExecute=: measured, it breaks cffi callbacks in kernels ("MemoryError: Cannot
-#   allocate write+execute memory for ffi.callback()"), and JIT compilers (numba, PyTorch, JAX)
-#   need writable executable memory too.
-# - ProcSubset=pid: psutil (MLflow's system metrics, notebook code) reads /proc/meminfo,
-#   /proc/stat and /proc/net.
-# - RootDirectory=: the service runs the host's Python installation.
-
-[Install]
-WantedBy=multi-user.target
-"""
+    return templates.render(
+        "templates/mlproxy.service",
+        config_file=CONFIG_FILE,
+        name=NAME,
+        start_limit_burst=START_LIMIT_BURST,
+        start_limit_interval=t.start_limit_interval,
+        python=python,
+        user=USER,
+        home=STATE_DIR,
+        working_directory=settings.state_dir,
+        extra_lines=extra_lines,
+        mlflow_startup_budget=f"{agent.mlflow_startup_budget:g}",
+        jupyter_startup_budget=f"{agent.jupyter_startup_budget:g}",
+        start_margin=START_MARGIN,
+        timeout_start=t.start,
+        stop_terms=stop_terms,
+        stop_budget=t.stop_budget,
+        orphan_grace=f"{ORPHAN_GRACE:g}",
+        stop_margin=STOP_MARGIN,
+        timeout_stop=t.stop,
+        rpc_timeout=f"{RPC_TIMEOUT:g}",
+        agent_step=t.agent_step,
+        watchdog_min_spacing=f"{WATCHDOG_MIN_SPACING:g}",
+        watchdog_margin=WATCHDOG_MARGIN,
+        watchdog=t.watchdog,
+        restart_sec=RESTART_SEC,
+        exit_config=EXIT_CONFIG,
+    )
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ import tomllib
 
 import pytest
 
-from mlproxy_supervisor import install, layout, logforward, preflight, supervisord_conf, systemd_unit
+from mlproxy_supervisor import install, layout, logforward, preflight, supervisord_conf, systemd_unit, templates
 from mlproxy_supervisor.agent.notify import Notifier
 from mlproxy_supervisor.config import Settings
 from mlproxy_supervisor.exits import EXIT_CONFIG
@@ -69,7 +69,7 @@ def test_stop_timeout_covers_the_programs_ordered_stop():
     config = layout.default_settings()
     stops = {}
     for name in supervisord_conf.PROGRAMS:
-        stops[name] = int(re.search(r"^stopwaitsecs=(\d+)", supervisord_conf.program_template(name), re.M).group(1))
+        stops[name] = int(re.search(r"^stopwaitsecs=(\d+)", templates.text(f"supervisord.conf.d/{name}.conf"), re.M).group(1))
     timeouts = systemd_unit.timeouts(config)
     assert timeouts.stop_budget == sum(stops.values())
     assert timeouts.stop > sum(stops.values()) + 5  # plus `mlproxy up`'s grace for leftovers
