@@ -1,9 +1,9 @@
 """`mlproxy doctor`: find what keeps MLflow from working behind Jupyter, and say how to fix it.
 
-Each check looks at one known way this goes wrong (DESIGN.md lists them: the proxy extension not
-loaded, a named server with absolute_url, MLflow not listening, a wrong token, MLflow's Host or
-Origin refusal, a port held by someone else, a config error). A stopped stack gets the checks that
-make sense without it (those `mlproxy up` makes before starting).
+Each check looks at one known way this goes wrong (the proxy extension not loaded, a named server
+with absolute_url, MLflow not listening, a wrong token, MLflow's Host or Origin refusal, a port
+held by someone else, a config error). A stopped stack gets the checks that make sense without it
+(those `mlproxy up` makes before starting).
 """
 
 from __future__ import annotations
