@@ -20,7 +20,7 @@ from tornado import web
 from tornado.routing import HostMatches, Rule
 
 from ..config import ConfigError, Settings, locate_stack
-from . import scrub
+from ..relay import scrub
 from .proxy import MLflowProxyHandler
 from .routes import MLflowPortMatches
 

@@ -191,7 +191,7 @@ def test_huge_declared_body_is_refused_before_it_is_sent(target):
 def test_large_body_without_login_writes_nothing(target, endpoint):
     name = unique("bigbody")
     body = b"x" * (8 << 20)
-    # The handler refuses from the headers, before reading a byte of body (jupyter/proxy.py): a
+    # The handler refuses from the headers, before reading a byte of body (relay/handler.py): a
     # body this big is not drained first, so the client either reads the 401 or, still sending,
     # meets the closed connection. Either way it is refused, and nothing may be written.
     try:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from mlproxy_supervisor.jupyter.scrub import secret_pattern
+from mlproxy_supervisor.relay.scrub import secret_pattern
 from tests.support.hostile import Target
 from tests.support.raw_http import RawConnection, request
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection
 
-from mlproxy_supervisor.jupyter.relay import Framing, request_framing
+from mlproxy_supervisor.relay.stream import Framing, request_framing
 
 BODY = b"0123456789" * 3
 

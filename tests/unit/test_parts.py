@@ -19,7 +19,7 @@ from mlproxy_supervisor.agent import metrics, report
 from mlproxy_supervisor.agent.notify import Notifier
 from mlproxy_supervisor.agent.reconcile import Memory, Phase, ProbeResult
 from mlproxy_supervisor.config import Settings
-from mlproxy_supervisor.jupyter.proxy import same_origin
+from mlproxy_supervisor.relay.origin import same_origin
 from mlproxy_supervisor.rpc import ProcessInfo
 from mlproxy_supervisor.status_document import StatusDocument
 from mlproxy_supervisor.store import schema

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tornado.httputil import HTTPHeaders
 
-from mlproxy_supervisor.jupyter import scrub
+from mlproxy_supervisor.relay import scrub
 
 TOKEN = "0123456789abcdef0123456789abcdef0123456789abcdef"
 OWN = "username-127-0-0-1-8888"
@@ -210,5 +210,5 @@ def test_no_parser_finds_a_jupyter_cookie_or_the_token_in_what_goes_on(pieces, s
     kept = forwarded.get("Cookie", "")
     for view in _cookie_views(kept):
         for name, value in view.items():
-            assert name != OWN and not scrub.JUPYTER_COOKIE.match(name.strip()), (joined, kept, view)
+            assert name != OWN and not scrub.LOGIN_COOKIE.match(name.strip()), (joined, kept, view)
             assert TOKEN not in value and "stolen" not in value, (joined, kept, view)

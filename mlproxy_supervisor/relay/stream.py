@@ -22,7 +22,7 @@ Content-Length, or chunked (re-framed, for every method). tornado's client frame
 POST, PUT and PATCH, and writes any other method's body bare after the headers, where MLflow reads
 it as the next request on the connection (request smuggling). So the relay sets the framing itself
 (`request_framing`, by tornado's own parsing rules), and a connection goes back to an
-`IdleConnections` (connections.py) for the next request only when both messages ended exactly: the
+`IdleConnections` (pool.py) for the next request only when both messages ended exactly: the
 request's framing was complete, and the response was read to its framed end on a connection MLflow
 keeps open. Any other connection is closed.
 """
@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters, is_transfer_encoding_chunked, parse_int
 
-from .connections import IdleConnections, readable
+from .pool import IdleConnections, readable
 
 CHUNK = 1024 * 1024  # bytes at most per data_received() from MLflow
 # Bytes per socket read, both ways (tornado's default is 64 KiB): in a hand A/B of 100 MB

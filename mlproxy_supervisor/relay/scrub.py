@@ -1,9 +1,11 @@
-"""Jupyter's credentials, removed from what the proxy forwards to MLflow and from every log line.
+"""The front door's credentials (Jupyter's or JupyterHub's), removed from what the relay forwards
+to MLflow and from every log line.
 
-Jupyter accepts its token in the query (under any percent-encoding of the key `token`, since
-tornado decodes keys), in `Authorization: token|bearer X`, and as a login cookie; the browser also
-sends the `?token=` URL back in `Referer` and attaches the cookies of every other Jupyter server on
-the same host. None of these are MLflow's business, and MLflow writes what it receives to its log.
+Jupyter and JupyterHub accept a token in the query (under any percent-encoding of the key `token`,
+since tornado decodes keys), in `Authorization: token|bearer X`, and as login cookies; the browser
+also sends the `?token=` URL back in `Referer` and attaches the cookies of every other Jupyter
+server on the same host. None of these are MLflow's business, and MLflow writes what it receives
+to its log.
 
 A secret is looked for in every form a client can give it: as is, percent-encoded (any character,
 any number of times: `%2561` is `a`), and inside base64 (a `Basic` header, say).
@@ -19,11 +21,11 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 TOKEN_KEY = "token"
 MASK = "[secret]"
-JUPYTER_AUTH_SCHEME = re.compile(r"^\s*(token|bearer)\b", re.IGNORECASE)
+AUTH_SCHEME = re.compile(r"^\s*(token|bearer)\b", re.IGNORECASE)
 # Jupyter's login cookie is username-<host>-<port> (any server on the host), JupyterHub's are
-# jupyterhub-* and service-* (with the __Host- prefix when the Hub sets it), and _xsrf is
-# Jupyter's XSRF cookie.
-JUPYTER_COOKIE = re.compile(r"^(__host-|__secure-)?(username-|jupyterhub-|service-|_xsrf$)", re.IGNORECASE)
+# jupyterhub-* and service-* (with the __Host- prefix when the Hub sets it), and _xsrf is the
+# XSRF cookie of both.
+LOGIN_COOKIE = re.compile(r"^(__host-|__secure-)?(username-|jupyterhub-|service-|_xsrf$)", re.IGNORECASE)
 # A cookie every parser reads the same way: an RFC 6265 name (a token) and cookie-octets, maybe
 # quoted. Anything else (a comma, a space, a backslash) is read differently by tornado, Python's
 # SimpleCookie and MLflow's Starlette, so it is not forwarded.
@@ -76,11 +78,6 @@ def holds_secret(text: str, secret: str | None) -> bool:
     return bool(secret) and secret_pattern(secret).search(text)
 
 
-def jupyter_token(handler) -> str | None:
-    """The token this Jupyter server accepts, if it has one (a password-only server has none)."""
-    return getattr(handler.identity_provider, "token", None) or None
-
-
 def _decoded(text: str) -> str:
     """Percent-decoded until it no longer changes (a few rounds at most)."""
     for _ in range(5):
@@ -119,9 +116,9 @@ def strip_url(url: str, token: str | None) -> str:
 
 
 def strip_cookies(header: str, own_cookie: str, token: str | None = None) -> str:
-    """The Cookie header without Jupyter's cookies. `header` is what tornado reads the login cookie
+    """The Cookie header without the login cookies (`own_cookie` and LOGIN_COOKIE). `header` is what tornado reads the login cookie
     from (several Cookie headers joined by commas), split as tornado's parse_cookie splits it: at
-    each `;`, the name before the first `=`. Only plain name=value pairs that are not Jupyter's
+    each `;`, the name before the first `=`. Only plain name=value pairs that are no login cookie
     (and hold no token) go on, so MLflow cannot read a cookie tornado did not see."""
     kept = []
     for chunk in header.split(";"):
@@ -129,15 +126,15 @@ def strip_cookies(header: str, own_cookie: str, token: str | None = None) -> str
         name, value = name.strip(), value.strip()
         if not (equals and PLAIN_COOKIE_NAME.fullmatch(name) and PLAIN_COOKIE_VALUE.fullmatch(value)):
             continue
-        if name == own_cookie or JUPYTER_COOKIE.match(name) or holds_secret(chunk, token):
+        if name == own_cookie or LOGIN_COOKIE.match(name) or holds_secret(chunk, token):
             continue
         kept.append(f"{name}={value}")
     return "; ".join(kept)
 
 
 def strip_headers(headers, token: str | None, own_cookie: str) -> None:
-    """Remove Jupyter's credentials from request headers (a tornado HTTPHeaders), in place."""
-    if JUPYTER_AUTH_SCHEME.match(headers.get("Authorization", "")):
+    """Remove the front door's credentials from request headers (a tornado HTTPHeaders), in place."""
+    if AUTH_SCHEME.match(headers.get("Authorization", "")):
         del headers["Authorization"]
     if "Cookie" in headers:
         kept = strip_cookies(headers["Cookie"], own_cookie, token)  # joined as tornado joins them
@@ -156,8 +153,8 @@ def strip_headers(headers, token: str | None, own_cookie: str) -> None:
 
 class LogScrubber(logging.Filter):
     """Masks a secret in every record a log handler emits, message and traceback, in any of the
-    forms SecretPattern finds. Installed on Jupyter's log handlers, it covers what no handler of
-    ours writes: tornado's request summaries, Jupyter's access log and its header dumps."""
+    forms SecretPattern finds. Installed on the front door's log handlers, it covers what no handler
+    of ours writes: tornado's request summaries, Jupyter's access log and its header dumps."""
 
     def __init__(self, secret: str):
         super().__init__()

@@ -9,7 +9,7 @@ import socket
 import pytest
 from tornado import iostream
 
-from mlproxy_supervisor.jupyter.connections import IdleConnections
+from mlproxy_supervisor.relay.pool import IdleConnections
 
 MLFLOW = ("/run/mlflow.sock", "localhost", 5001)
 

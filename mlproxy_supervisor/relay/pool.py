@@ -13,7 +13,7 @@ instant we reuse it, for a reason of its own: that request fails as one in fligh
 restarts does (502, Retry-After).
 
 Connections are kept per key: MLflow's address, and in team mode also the user, so that even a
-desynchronised connection (which framing should make impossible, see relay.py) cannot carry one
+desynchronised connection (which framing should make impossible, see stream.py) cannot carry one
 user's bytes into another's request.
 """
 
@@ -39,7 +39,7 @@ def readable(stream: iostream.IOStream) -> bool:
 def _holds_unread(stream: iostream.IOStream) -> bool:
     """Whether an idle connection has something to read: MLflow's end of file or a stray byte in
     the socket, or bytes tornado already read past the last response (its buffer; tornado has no
-    public way to ask, and tests/unit/test_connections.py pins this)."""
+    public way to ask, and tests/unit/test_pool.py pins this)."""
     return bool(getattr(stream, "_read_buffer_size", 0)) or readable(stream)
 
 
