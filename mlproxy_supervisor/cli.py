@@ -88,6 +88,9 @@ def cmd_url(args) -> int:
     from .credentials import CredentialError, read_token
 
     settings = _running(args)
+    if settings.team_mode:  # users log in at the Hub: no token in the URL
+        print(settings.team_url)
+        return 0
     try:
         token = read_token(settings.jupyter.token_file)
     except CredentialError as error:

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .programs import SINGLE_USER_SERVICES, TEAM_SERVICES
 from .redact import redact_uri
 from .store.sqlite import database_file
 
@@ -239,6 +240,38 @@ class AgentSettings(_Section):
         return value
 
 
+class TeamSettings(_Section):
+    """Team mode: one MLflow for a whole JupyterHub, served as the Hub service `service_name`."""
+
+    hub_api_url: str | None = Field(
+        None,
+        description="The Hub's API URL (e.g. http://127.0.0.1:8081/hub/api). Set: team mode, MLflow served as a "
+        "JupyterHub service behind the Hub's login (docs/team.md); unset: single-user mode, behind Jupyter's.",
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="The Hub's public URL (its proxy) as users and kernels reach it; MLflow is at <public_url>/services/<service_name>/.",
+    )
+    service_name: str = Field("mlflow", pattern=r"^[a-z0-9][a-z0-9-]*$", description="The Hub service's name (its route).")
+    service_port: Port = Field(5002, description="Loopback port of the service; the Hub's proxy forwards /services/<service_name>/ to it.")
+    default_permission: Literal["READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field(
+        "READ",
+        description="What users may do with an experiment or model they were not granted anything on: READ for an "
+        "open team, NO_PERMISSIONS for private work. Creators get MANAGE and grant others in MLflow.",
+    )
+    admin_group: str = Field("mlflow-admins", description="Members of this Hub group are MLflow admins.")
+    service_token_file: Path | None = Field(
+        None, description="0600 file holding the service's Hub API token; generated if missing (<state_dir>/hub_service_token)."
+    )
+
+    @field_validator("hub_api_url", "public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname):
+            raise ValueError(f"give an http:// or https:// URL, e.g. http://127.0.0.1:8081/hub/api, not {value!r}")
+        return value.rstrip("/") if value else value
+
+
 def _default_state_dir() -> Path:
     # systemd's StateDirectory= exports STATE_DIRECTORY; otherwise follow XDG for a user install.
     if systemd_dir := os.environ.get("STATE_DIRECTORY"):
@@ -270,6 +303,7 @@ class Settings(BaseSettings):
     mlflow: MLflowSettings = MLflowSettings()
     jupyter: JupyterSettings = JupyterSettings()
     agent: AgentSettings = AgentSettings()
+    team: TeamSettings = TeamSettings()
 
     # The file the values came from (None: defaults and environment only); not a setting.
     _config_file: Path | None = PrivateAttr(None)
@@ -305,6 +339,11 @@ class Settings(BaseSettings):
             mlflow.setdefault("backend_store_uri", f"sqlite:///{state / 'mlflow.db'}")
             mlflow.setdefault("artifacts_destination", str(state / "artifacts"))
             data["mlflow"] = mlflow
+        team = data.get("team", {})
+        if isinstance(team, dict):
+            team = dict(team)
+            team["service_token_file"] = _or(_absolute(team.get("service_token_file")), state / "hub_service_token")
+            data["team"] = team
         if isinstance(jupyter, dict):
             jupyter = dict(jupyter)
             jupyter["root_dir"] = _or(_absolute(jupyter.get("root_dir")), state / "notebooks")
@@ -314,17 +353,33 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:
-        ports = {"mlflow.port": self.mlflow.port, "jupyter.port": self.jupyter.port}
+        front = {"team.service_port": self.team.service_port} if self.team_mode else {"jupyter.port": self.jupyter.port}
+        ports = {"mlflow.port": self.mlflow.port, **front}
         if self.agent.metrics_port:
             ports["agent.metrics_port"] = self.agent.metrics_port
         if len(set(ports.values())) != len(ports):
             raise ValueError(f"ports must differ: {ports}")
+        if self.team_mode and self.mlflow.listen != "socket":
+            raise ValueError(
+                'team mode needs mlflow.listen = "socket": on a TCP port every local user reaches MLflow with no '
+                "login and names any user, while the Hub service must be the only way in (docs/team.md)"
+            )
         if len(str(self.socket_path)) > 100:  # AF_UNIX paths are limited to 107 bytes
             raise ValueError(
                 f"runtime_dir {self.runtime_dir} is too long for a unix socket path (over 100 bytes); "
                 "set runtime_dir to a shorter directory, e.g. /run/user/<uid>/mlproxy"
             )
         return self
+
+    @property
+    def team_mode(self) -> bool:
+        """One MLflow for a JupyterHub, behind the Hub's login (team.hub_api_url set)."""
+        return self.team.hub_api_url is not None
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The programs the agent starts and watches, in dependency order."""
+        return TEAM_SERVICES if self.team_mode else SINGLE_USER_SERVICES
 
     # Derived locations: one place names every file the stack uses.
     @property
@@ -356,6 +411,40 @@ class Settings(BaseSettings):
     @property
     def jupyter_token_copy(self) -> Path:
         return self.runtime_dir / "jupyter_token"
+
+    @property
+    def service_url(self) -> str:
+        """Where the Hub service listens (loopback), its route included, as the Hub's proxy forwards to it."""
+        return f"http://127.0.0.1:{self.team.service_port}{self.service_prefix}"
+
+    @property
+    def service_prefix(self) -> str:
+        return f"/services/{self.team.service_name}/"
+
+    @property
+    def team_url(self) -> str:
+        """MLflow as users and kernels reach it in team mode: through the Hub's public URL."""
+        return f"{self.team.public_url}{self.service_prefix}"
+
+    @property
+    def service_cookie_secret(self) -> Path:
+        """The service's cookie secret (0600): its login cookies survive a restart."""
+        return self.state_dir / "hub_service_cookie_secret"
+
+    @property
+    def mlflow_auth_secret(self) -> Path:
+        """MLflow's Flask secret key in team mode (0600), the same for every worker and restart."""
+        return self.state_dir / "mlflow_auth_secret"
+
+    @property
+    def mlflow_auth_config(self) -> Path:
+        """MLflow's auth app configuration (basic_auth.ini), written by `up` in team mode."""
+        return self.runtime_dir / "mlflow_auth.ini"
+
+    @property
+    def mlflow_auth_database(self) -> Path:
+        """Users and permissions of MLflow's auth app (SQLite, beside the state)."""
+        return self.state_dir / "mlflow_auth.db"
 
     @property
     def mlflow_socket(self) -> Path | None:

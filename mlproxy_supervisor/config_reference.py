@@ -22,6 +22,7 @@ DERIVED_DEFAULTS = {
     "mlflow.artifacts_destination": "<state_dir>/artifacts",
     "jupyter.root_dir": "<state_dir>/notebooks",
     "jupyter.token_file": "<state_dir>/jupyter_token",
+    "team.service_token_file": "<state_dir>/hub_service_token",
 }
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from . import credentials
 from .exits import EXIT_CANNOT_START, EXIT_CONFIG
-from .programs import MLFLOW_SERVER_ENV, SERVICES, SOCKET_PEERS_LOCAL_ENV, STORE_LOCK_ENV
+from .programs import MLFLOW_SERVER_ENV, SOCKET_PEERS_LOCAL_ENV, STORE_LOCK_ENV, TEAM_ENV
 from .store import schema, sqlite
 
 if TYPE_CHECKING:  # not imported at run time: the launcher must start fast
@@ -93,8 +93,12 @@ def mlflow_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
         names["in_job_executor"]: "false",
         STORE_LOCK_ENV: str(settings.runtime_dir / "mlflow-store.lock"),
         "MLFLOW_ENABLE_WORKSPACES": "false",
-        **({SOCKET_PEERS_LOCAL_ENV: "1"} if settings.mlflow_socket is not None else {}),
     }
+    if settings.team_mode:
+        # MLflow's auth app, trusting the user the Hub service names (hub/identity.py).
+        env |= {TEAM_ENV: "1", "MLFLOW_AUTH_CONFIG_PATH": str(settings.mlflow_auth_config)}
+    elif settings.mlflow_socket is not None:
+        env[SOCKET_PEERS_LOCAL_ENV] = "1"
     return argv, {**common_env, **env, **_s3_env(settings)}
 
 
@@ -155,6 +159,7 @@ class MLflowPreparation:
     sqlite_journal_mode: str
     credentials_file: str | None  # KEY=VALUE secrets for MLflow's process only
     unix_socket: str | None  # MLflow listens here (None: on TCP)
+    auth_secret_file: str | None = None  # team mode: the auth app's Flask secret key
 
 
 @dataclass(frozen=True)
@@ -204,8 +209,11 @@ def launch_spec(name: str, settings: Settings) -> LaunchSpec:
             sqlite_journal_mode=mlflow.sqlite_journal_mode,
             credentials_file=str(mlflow.credentials_file) if mlflow.credentials_file else None,
             unix_socket=str(settings.mlflow_socket) if settings.mlflow_socket else None,
+            auth_secret_file=str(settings.mlflow_auth_secret) if settings.team_mode else None,
         )
         return LaunchSpec(name, argv, env, mlflow=preparation)
+    if name == "service":
+        return LaunchSpec(name, [sys.executable, "-m", "mlproxy_supervisor.hub.service"], {"PYTHONUNBUFFERED": "1"})
     if name == "jupyter":
         argv, env = jupyter_command(settings)
         preparation = JupyterPreparation(
@@ -214,7 +222,7 @@ def launch_spec(name: str, settings: Settings) -> LaunchSpec:
             root_dir=str(settings.jupyter.root_dir),
         )
         return LaunchSpec(name, argv, env, jupyter=preparation)
-    raise LaunchError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
+    raise LaunchError(f"unknown service {name!r}; expected one of {', '.join(settings.services)}")
 
 
 def launch_file(settings: Settings, name: str) -> Path:
@@ -222,7 +230,7 @@ def launch_file(settings: Settings, name: str) -> Path:
 
 
 def write_launch_files(settings: Settings) -> None:
-    for name in SERVICES:
+    for name in settings.services:
         launch_spec(name, settings).write(launch_file(settings, name))
 
 
@@ -290,12 +298,15 @@ def exec_server(spec: LaunchSpec) -> None:
             if MLFLOW_SERVER_ENV["boot_id"] in env:
                 env[MLFLOW_SERVER_ENV["boot_id"]] = uuid.uuid4().hex  # one per server start, as `mlflow server` does
             env.update(credentials.store_secrets(env, spec.mlflow.credentials_file))
+            if spec.mlflow.auth_secret_file:  # environment only, as MLflow reads it; never argv
+                env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = credentials.read_token(Path(spec.mlflow.auth_secret_file))
             prepare_mlflow(spec.mlflow, env)
             if spec.mlflow.unix_socket:
                 listen_on_socket(spec.mlflow.unix_socket)
         else:
-            for name in credentials.STORE_SECRETS:  # kernels and terminals have no use for them
+            for name in credentials.STORE_SECRETS:  # the front doors have no use for them
                 env.pop(name, None)
+        if spec.jupyter is not None:
             # Kernels inherit it: their MLflow client authenticates to Jupyter's route with it.
             # Environment only (readable by this user alone), never argv or a launch file.
             env["MLFLOW_TRACKING_TOKEN"] = prepare_jupyter(spec.jupyter)

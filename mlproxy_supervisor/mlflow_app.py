@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from werkzeug.exceptions import InternalServerError
 
 from .exits import EXIT_CANNOT_START
-from .programs import MLFLOW_PROBE_PATHS, MLFLOW_SERVER_ENV, SOCKET_PEERS_LOCAL_ENV, STORE_LOCK_ENV
+from .programs import MLFLOW_PROBE_PATHS, MLFLOW_SERVER_ENV, SOCKET_PEERS_LOCAL_ENV, STORE_LOCK_ENV, TEAM_ENV
 from .store import sqlite
 
 CONNECT_TIMEOUT = 5  # seconds
@@ -90,6 +90,26 @@ except Exception as error:  # this line is the cause the agent reports from the 
     sys.exit(EXIT_CANNOT_START)
 
 from mlflow.server.fastapi_app import app, flask_app  # noqa: E402  (after the store check, as `mlflow server`)
+
+
+def _team_app():
+    """Team mode: MLflow's auth app (users, permissions per experiment and model), with the caller
+    named by the Hub service (hub/identity.py, the auth configuration's authorization_function)
+    and every write attributed to that caller (hub/attribution.py). create_app() migrates the
+    auth database and makes its bootstrap admin: one worker at a time."""
+    with open(os.environ[STORE_LOCK_ENV], "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        from mlflow.server.auth import create_app
+
+        team_app = create_app(flask_app)  # a new FastAPI app: its permission middleware covers the native routes
+    from .hub.attribution import Attribution
+
+    flask_app.wsgi_app = Attribution(flask_app.wsgi_app)
+    return team_app
+
+
+if os.environ.get(TEAM_ENV) == "1":
+    app = _team_app()
 
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 

@@ -174,7 +174,10 @@ def port_problem(host: str, port: int, key: str) -> Problem | None:
 
 
 def check_ports(settings: Settings) -> list[Problem]:
-    ports = [(settings.jupyter.ip, settings.jupyter.port, "jupyter.port")]
+    if settings.team_mode:
+        ports = [("127.0.0.1", settings.team.service_port, "team.service_port")]
+    else:
+        ports = [(settings.jupyter.ip, settings.jupyter.port, "jupyter.port")]
     if settings.mlflow_socket is None:  # on a socket, mlflow.port only names the route
         ports.append((settings.mlflow.host, settings.mlflow.port, "mlflow.port"))
     if settings.agent.metrics_port:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import templates
 from .config import Settings
-from .programs import PROGRAMS
+from .programs import programs as stack_programs
 
 LOG_FORWARDER = "logs"  # stdout and journal modes: copies every program's lines out
 LOG_MAXBYTES = "10MB"
@@ -50,7 +50,7 @@ def _listener(settings: Settings) -> dict[str, str]:
 
 
 def programs(settings: Settings) -> tuple[str, ...]:
-    return PROGRAMS + ((LOG_FORWARDER,) if settings.log_target in ("stdout", "journal") else ())
+    return stack_programs(settings.services) + ((LOG_FORWARDER,) if settings.log_target in ("stdout", "journal") else ())
 
 
 def render_program(name: str, settings: Settings) -> str:

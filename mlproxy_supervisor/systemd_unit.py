@@ -23,6 +23,7 @@ from .agent.reconcile import ROUTE
 from .config import Settings
 from .exits import EXIT_CONFIG
 from .layout import CONFIG_FILE, DOCUMENTED_PYTHON, LOG_DIR, NAME, RUNTIME_DIR, STATE_DIR, USER, default_settings
+from .programs import programs
 from .timings import KILL_WAIT, ORPHAN_GRACE, RPC_TIMEOUT, WATCHDOG_MIN_SPACING
 
 START_MARGIN = 30  # s: preflight, supervisord and the agent starting, before MLflow's budget runs
@@ -45,7 +46,7 @@ class Timeouts:
 def program_stopwaitsecs(settings: Settings) -> dict[str, int]:
     """Each program's stopwaitsecs, read from the program files as supervisord gets them."""
     result = {}
-    for name in supervisord_conf.PROGRAMS:
+    for name in programs(settings.services):
         parser = configparser.ConfigParser(interpolation=None)
         parser.read_string(supervisord_conf.render_program(name, settings))
         result[name] = parser.getint(f"program:{name}", "stopwaitsecs", fallback=10)  # supervisord's default

@@ -23,6 +23,7 @@ from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .console import say, started_by_systemd
 from .exits import EXIT_CONFIG, EXIT_FAILED
 from .files import current_user
+from .programs import LABELS
 from .rpc import Supervisor, SupervisorUnavailable
 from .status_document import StatusDocument
 from .store import postgres, schema
@@ -115,6 +116,9 @@ def _ended(returncode: int) -> str:
 
 
 def print_url(settings: Settings, token: str | None, seconds: float) -> None:
+    if settings.team_mode:
+        say(f"ready in {seconds:.1f} s: MLflow for the Hub's users at {settings.team_url} (they log in at the Hub)")
+        return
     base = settings.jupyter_local_url
     if token is None:
         say(f"ready in {seconds:.1f} s: MLflow at {base}/mlflow/ (token: `mlproxy url`)")
@@ -200,6 +204,10 @@ def prepare_runtime(settings: Settings) -> Path:
     write_resolved(settings)
     settings.programs_dir.mkdir(mode=0o700, exist_ok=True)
     launch.write_launch_files(settings)
+    if settings.team_mode:
+        from .hub import mlflow_auth
+
+        mlflow_auth.write_config(settings)
     return supervisord_conf.write_config(settings)
 
 
@@ -247,10 +255,16 @@ def prepare(settings: Settings, notifier: Notifier) -> Prepared:
             schema.prepare_postgres(settings, say, keep_alive, preflight.as_this_user())
         except schema.SchemaError as error:
             raise CannotStart(error) from None
-    provided = os.environ.get(credentials.TOKEN_ENV)
-    token_generated = provided is None and not settings.jupyter.token_file.exists()
     try:
-        token = credentials.ensure_token(settings.jupyter.token_file, provided)
+        if settings.team_mode:
+            from .hub import mlflow_auth
+
+            # Team mode: no Jupyter token; users log in at the Hub, and the service holds its own.
+            token, token_generated = mlflow_auth.ensure_secrets(settings), False
+        else:
+            provided = os.environ.get(credentials.TOKEN_ENV)
+            token_generated = provided is None and not settings.jupyter.token_file.exists()
+            token = credentials.ensure_token(settings.jupyter.token_file, provided)
     except credentials.CredentialError as error:
         raise CannotStart(error, code=EXIT_FAILED) from None
     settings.status_file.unlink(missing_ok=True)  # a previous run's status is not this one's
@@ -279,8 +293,9 @@ class Supervision:
     def request_stop(self, signum=None, frame=None) -> None:
         if not self.stopping:
             self.stopping = True
-            say("stopping (Jupyter, then MLflow)...")
-            self.notifier.status("stopping: Jupyter, then MLflow")
+            order = ", then ".join(LABELS[name] for name in reversed(self.settings.services))  # supervisord's priorities
+            say(f"stopping ({order})...")
+            self.notifier.status(f"stopping: {order}")
             self.supervisord.send_signal(signal.SIGTERM)
 
     def _wake(self, progress: Progress) -> bool:

@@ -20,7 +20,7 @@ from ..timings import KILL_WAIT
 from . import metrics, reconcile, report
 from .notify import Notifier
 from .probes import Prober, free_space, process_activity, store_locations
-from .reconcile import SERVICES, Memory, Observation, Overall, Restart, Start
+from .reconcile import Memory, Observation, Overall, Restart, Start
 
 IDLE_TICK = 1.0  # seconds between looks at supervisord when nothing is starting (probes wake it too)
 STATUS_REFRESH = 2.0  # rewrite the status document at least this often (freshness for readers)
@@ -43,7 +43,7 @@ def kill_group(pgid: int) -> None:
 def restore_memory(settings: Settings, supervisor_pid: int | None) -> Memory:
     """Carry counters over from the previous agent of the same supervisord, if any."""
     previous = StatusDocument.read(settings.status_file)
-    memory = Memory()
+    memory = Memory.of(settings.services)
     if previous is None or supervisor_pid is None or previous.supervisord is None or previous.supervisord.pid != supervisor_pid:
         return memory
     services = dict(memory.services)
@@ -63,7 +63,10 @@ class Agent:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.supervisor = Supervisor(settings.socket_path)
-        self.prober = Prober(settings, lambda: credentials.read_token(settings.jupyter.token_file))
+        # The authenticated probes log in as a user would: with Jupyter's token, or in team mode
+        # with the service's own Hub token.
+        token_file = settings.team.service_token_file if settings.team_mode else settings.jupyter.token_file
+        self.prober = Prober(settings, lambda: credentials.read_token(token_file))
         self.store_locations = store_locations(settings)
         self.notifier = Notifier()
         self.events = report.EventLog()
@@ -149,12 +152,12 @@ class Agent:
         tails = {
             name: self.supervisor.tail(name)
             for name, info in processes.items()
-            if name in SERVICES and reconcile.wants_log_tail(memory, info, now, self.settings.agent)
+            if name in memory.services and reconcile.wants_log_tail(memory, info, now, self.settings.agent)
         }
         activity = {  # /proc, for services still starting: is a slow start frozen or hung?
             name: found
             for name, info in processes.items()
-            if name in SERVICES and info.state in ALIVE_STATES and info.pid > 0 and not (memory.services[name].started and memory.services[name].pid == info.pid)
+            if name in memory.services and info.state in ALIVE_STATES and info.pid > 0 and not (memory.services[name].started and memory.services[name].pid == info.pid)
             and (found := process_activity(info.pid)) is not None
         }
         space = free_space(self.store_locations)
@@ -166,11 +169,11 @@ class Agent:
             self.execute(action)
         self._reap_leftovers(previous_pids, processes)
         if processes:
-            previous_pids = {name: processes[name].pid for name in SERVICES if name in processes}
+            previous_pids = {name: processes[name].pid for name in memory.services if name in processes}
         if state == "RUNNING" and not actions:  # after an action, look at supervisord first
             self.prober.submit(reconcile.plan_probes(memory, processes, time.monotonic(), self.settings.agent))
         self.report(memory, processes, now)
-        busy = any(not memory.services[n].ready for n in SERVICES) or not memory.route.ready
+        busy = any(not mem.ready for mem in memory.services.values()) or not memory.route.ready
         return memory, previous_pids, busy
 
     def run(self) -> int:
@@ -179,7 +182,7 @@ class Agent:
         self.observe()
         memory = restore_memory(self.settings, self.supervisor_pid)
         log(f"agent started (pid {os.getpid()}), supervisord {'pid ' + str(self.supervisor_pid) if self.supervisor_pid else 'not answering'}")
-        previous_pids = {name: memory.services[name].pid for name in SERVICES}
+        previous_pids = {name: mem.pid for name, mem in memory.services.items()}
         while not self.stopping:
             try:
                 memory, previous_pids, busy = self.step(memory, previous_pids)

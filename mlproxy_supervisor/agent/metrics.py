@@ -15,14 +15,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from ..rpc import ALIVE_STATES, STATES, UNKNOWN, ProcessInfo
-from .reconcile import ROUTE, SERVICES, Memory, Overall
+from .reconcile import ROUTE, Memory, Overall
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def families(memory: Memory, processes: dict[str, ProcessInfo]) -> Iterator[Metric]:
     def per_service(family, value) -> Metric:
-        for name in SERVICES:
+        for name in memory.services:
             family.add_metric([name], float(value(name)))
         return family
 
@@ -46,12 +46,12 @@ def families(memory: Memory, processes: dict[str, ProcessInfo]) -> Iterator[Metr
         latency.add_metric([ROUTE, "readiness"], memory.route.last_probe.latency)
     yield latency
     states = GaugeMetricFamily("mlproxy_service_state", "supervisord state of the service (1 for the current one).", labels=["service", "state"])
-    for name in SERVICES:
+    for name in memory.services:
         current = processes[name].state if name in processes else UNKNOWN
         for state in STATES:
             states.add_metric([name, state], float(state == current))
     yield states
-    yield GaugeMetricFamily("mlproxy_route_ready", "1 if MLflow answers through Jupyter (/mlflow/ and /proxy/<port>/).", value=float(memory.route.ready))
+    yield GaugeMetricFamily("mlproxy_route_ready", "1 if MLflow answers through its front door (Jupyter's /mlflow/ and /proxy/<port>/, or the Hub's /services/<name>/).", value=float(memory.route.ready))
     yield GaugeMetricFamily("mlproxy_stack_ready", "1 if the whole stack is ready.", value=float(memory.overall is Overall.READY))
 
 

@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .. import local_http, procfs
-from ..programs import MLFLOW_ARTIFACTS_READINESS, MLFLOW_LIVENESS, MLFLOW_READINESS
+from ..programs import (
+    ADMIN_HEADER,
+    AGENT_USER,
+    MLFLOW_ARTIFACTS_READINESS,
+    MLFLOW_LIVENESS,
+    MLFLOW_READINESS,
+    SERVICE_LIVENESS,
+    SERVICE_READINESS,
+    USER_HEADER,
+)
 from .reconcile import ROUTE, Activity, ProbeRequest, ProbeResult, Space
 
 if TYPE_CHECKING:  # annotations only
@@ -32,19 +41,36 @@ class Check:
     authenticated: bool = False
     expect_body: bytes | None = None  # a prefix the body must start with
     unix_socket: str | None = None  # connect here instead of the URL's host:port
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def checks(settings: Settings) -> dict[tuple[str, str], list[Check]]:
     mlflow, unix_socket = settings.mlflow_url, settings.mlflow_socket and str(settings.mlflow_socket)
-    jupyter = settings.jupyter_local_url
-    port = settings.mlflow.port
-    return {
+    # Team mode: MLflow's auth app wants to know who asks; on its socket, the stack itself (admin).
+    who = ((USER_HEADER, AGENT_USER), (ADMIN_HEADER, "true")) if settings.team_mode else ()
+    found = {
         ("mlflow", "liveness"): [Check(f"{mlflow}{MLFLOW_LIVENESS}", expect_body=b"OK", unix_socket=unix_socket)],
         # Readiness touches the store: the process answering is not enough.
         ("mlflow", "readiness"): [
-            Check(f"{mlflow}{MLFLOW_READINESS}", expect_body=b"{", unix_socket=unix_socket),
-            Check(f"{mlflow}{MLFLOW_ARTIFACTS_READINESS}", expect_body=b"{", unix_socket=unix_socket),
+            Check(f"{mlflow}{MLFLOW_READINESS}", expect_body=b"{", unix_socket=unix_socket, headers=who),
+            Check(f"{mlflow}{MLFLOW_ARTIFACTS_READINESS}", expect_body=b"{", unix_socket=unix_socket, headers=who),
         ],
+    }
+    if settings.team_mode:
+        service, public = settings.service_url.rstrip("/"), settings.team_url.rstrip("/")
+        found |= {
+            ("service", "liveness"): [Check(f"{service}{SERVICE_LIVENESS}", expect_body=b"OK")],
+            ("service", "readiness"): [Check(f"{service}{SERVICE_READINESS}", expect_body=b"OK")],
+            # The way users come: through the Hub's proxy, logged in with the service's own Hub token.
+            (ROUTE, "readiness"): [
+                Check(f"{public}{MLFLOW_LIVENESS}", authenticated=True, expect_body=b"OK"),
+                Check(f"{public}{MLFLOW_READINESS}", authenticated=True, expect_body=b"{"),
+            ],
+        }
+        return found
+    jupyter = settings.jupyter_local_url
+    port = settings.mlflow.port
+    return found | {
         ("jupyter", "liveness"): [Check(f"{jupyter}/api", expect_body=b"{")],
         # Authenticated: proves the token Jupyter loaded is the one users and the agent hold.
         ("jupyter", "readiness"): [Check(f"{jupyter}/api/status", authenticated=True, expect_body=b"{")],
@@ -60,7 +86,7 @@ def _get(check: Check, token: str, timeout: float) -> tuple[bool, str | None]:
     """(whether the server answered at all, None when the check passes else what went wrong,
     never containing the token)."""
     path = urlsplit(check.url).path
-    headers = {"User-Agent": USER_AGENT, "Connection": "close"}
+    headers = {"User-Agent": USER_AGENT, "Connection": "close", **dict(check.headers)}
     if check.authenticated:
         headers["Authorization"] = f"token {token}"
     try:

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from ..programs import SERVICES
+from ..programs import DEPENDS_ON, LABELS, SINGLE_USER_SERVICES
 from ..rpc import ALIVE_STATES, BACKOFF, EXITED, FATAL, STOPPED, STOPPING, ProcessInfo
 
 if TYPE_CHECKING:  # annotations only (see probes.py)
     from ..config import AgentSettings
 
-DEPENDS_ON: dict[str, tuple[str, ...]] = {"mlflow": (), "jupyter": ("mlflow",)}
 ROUTE = "route"
 STORAGE = "storage"
 # Below this much free space where MLflow writes, SQLite's journal and artifact uploads fail soon.
@@ -44,7 +43,7 @@ class Overall(str, Enum):
 
 @dataclass(frozen=True)
 class ProbeRequest:
-    target: str  # "mlflow", "jupyter" or "route"
+    target: str  # a service ("mlflow", "jupyter", "service") or "route"
     kind: str  # "liveness" or "readiness"
     timeout: float
     pid: int = 0  # the process probed (0 for the route): a late answer about an old process is dropped
@@ -148,16 +147,22 @@ class RouteMemory:
     next_probe: float = 0.0
     last_probe: ProbeResult | None = None
     last_error: str = ""
-    waiting_since: float = 0.0  # monotonic time MLflow and Jupyter were ready and the route was not yet
+    waiting_since: float = 0.0  # monotonic time the services were ready and the route was not yet
 
 
 @dataclass(frozen=True)
 class Memory:
-    services: dict[str, ServiceMemory] = field(default_factory=lambda: {name: ServiceMemory() for name in SERVICES})
+    # The stack's services, in dependency order (Settings.services): MLflow, then its front door.
+    services: dict[str, ServiceMemory] = field(default_factory=lambda: {name: ServiceMemory() for name in SINGLE_USER_SERVICES})
     route: RouteMemory = RouteMemory()
     ever_ready: bool = False
     supervisor_available: bool = True
     storage_problems: tuple[str, ...] = ()  # e.g. "the artifact store /data/artifacts: 0 MiB free"
+
+    @classmethod
+    def of(cls, services: tuple[str, ...]) -> Memory:
+        """A fresh memory for these services."""
+        return cls(services={name: ServiceMemory() for name in services})
 
     @property
     def overall(self) -> Overall:
@@ -169,6 +174,7 @@ class Memory:
 
 
 def _startup_budget(service: str, settings: AgentSettings) -> float:
+    """MLflow's budget for MLflow; the front door's (Jupyter, or the Hub service) for the other."""
     return settings.mlflow_startup_budget if service == "mlflow" else settings.jupyter_startup_budget
 
 
@@ -191,8 +197,8 @@ def plan_probes(memory: Memory, processes: dict[str, ProcessInfo], now: float, s
     their own periods (readiness fast again while unready, to notice recovery quickly)."""
     requests = []
     startup_timeout = min(settings.readiness.timeout, 2.0)
-    for name in SERVICES:
-        info, mem = processes.get(name), memory.services[name]
+    for name, mem in memory.services.items():
+        info = processes.get(name)
         if info is None or info.state not in ALIVE_STATES or info.pid != mem.pid or mem.restart_pending:
             continue
         if not mem.started:
@@ -203,7 +209,7 @@ def plan_probes(memory: Memory, processes: dict[str, ProcessInfo], now: float, s
             requests.append(ProbeRequest(name, "liveness", settings.liveness.timeout, info.pid))
         if now >= mem.next_readiness:
             requests.append(ProbeRequest(name, "readiness", settings.readiness.timeout, info.pid))
-    if all(memory.services[name].ready for name in SERVICES) and now >= memory.route.next_probe:
+    if all(mem.ready for mem in memory.services.values()) and now >= memory.route.next_probe:
         timeout = settings.readiness.timeout if memory.route.ready else startup_timeout
         requests.append(ProbeRequest(ROUTE, "readiness", timeout))
     return requests
@@ -224,7 +230,7 @@ def reconcile(memory: Memory, seen: Observation, settings: AgentSettings) -> tup
         return memory, actions, events  # shutting down or restarting: touch nothing
 
     services = dict(memory.services)
-    for name in SERVICES:
+    for name in services:
         info = seen.processes.get(name)
         if info is None:
             continue
@@ -240,7 +246,7 @@ def reconcile(memory: Memory, seen: Observation, settings: AgentSettings) -> tup
     route = _apply_route_probe(memory.route, seen, settings, services, events)
     memory = replace(memory, services=services, route=route, storage_problems=_storage(memory, seen, events))
     if memory.overall is Overall.READY and not memory.ever_ready:
-        events.append(Event(ROUTE, "stack-ready", "the route works: /mlflow/ and /proxy/<port>/ through Jupyter"))
+        events.append(Event(ROUTE, "stack-ready", "the route works: MLflow answers through its front door"))
         memory = replace(memory, ever_ready=True)
     return memory, actions, events
 
@@ -443,7 +449,7 @@ def last_line(text: str) -> str:
 def _apply_route_probe(
     route: RouteMemory, seen: Observation, settings: AgentSettings, services: dict[str, ServiceMemory], events: list[Event]
 ) -> RouteMemory:
-    if not all(services[name].ready for name in SERVICES):
+    if not all(mem.ready for mem in services.values()):
         if route.ready:
             events.append(Event(ROUTE, "down", "a service is not ready"))
         return replace(route, ready=False, failures=0, waiting_since=0.0)
@@ -456,7 +462,8 @@ def _apply_route_probe(
             if not route.ready:
                 # The time a user waited once both services were ready, not the probe's round trip.
                 waited = seen.now - route.waiting_since
-                detail = f"{waited:.1f} s after MLflow and Jupyter were ready (its probe answered in {result.latency * 1000:.0f} ms)"
+                names = " and ".join(LABELS[name] for name in services)
+                detail = f"{waited:.1f} s after {names} were ready (its probe answered in {result.latency * 1000:.0f} ms)"
                 events.append(Event(ROUTE, "ready", detail))
             route = replace(route, ready=True, failures=0, last_probe=result, next_probe=_next_due(result, seen, settings.readiness.period))
             continue

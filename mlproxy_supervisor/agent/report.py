@@ -18,7 +18,7 @@ from ..status_document import (
     Urls,
     iso,
 )
-from .reconcile import SERVICES, Event, Memory, ProbeResult
+from .reconcile import Event, Memory, ProbeResult
 
 
 def _probe(result: ProbeResult | None) -> ProbeReport | None:
@@ -58,8 +58,8 @@ def status_document(
     wall: float,
 ) -> StatusDocument:
     services = {}
-    for name in SERVICES:
-        mem, info = memory.services[name], processes.get(name)
+    for name, mem in memory.services.items():
+        info = processes.get(name)
         services[name] = ServiceReport(
             phase=mem.phase.value,
             state=info.state if info else "UNKNOWN",
@@ -73,7 +73,11 @@ def status_document(
             if mem.last_error
             else None,
         )
-    base = settings.jupyter_local_url
+    if settings.team_mode:
+        urls = Urls(jupyter=f"{settings.team.public_url}/hub/", mlflow=settings.team_url, proxy=settings.team_url)
+    else:
+        base = settings.jupyter_local_url
+        urls = Urls(jupyter=f"{base}/", mlflow=f"{base}/mlflow/", proxy=f"{base}/proxy/{settings.mlflow.port}/")
     return StatusDocument(
         overall=memory.overall.value,
         summary=status_line(memory),
@@ -81,7 +85,7 @@ def status_document(
         agent_pid=os.getpid(),
         supervisord=SupervisordReport(available=memory.supervisor_available, pid=supervisor_pid),
         route=RouteReport(ready=memory.route.ready, last_probe=_probe(memory.route.last_probe), last_error=memory.route.last_error or None),
-        urls=Urls(jupyter=f"{base}/", mlflow=f"{base}/mlflow/", proxy=f"{base}/proxy/{settings.mlflow.port}/"),
+        urls=urls,
         services=services,
         storage_problems=list(memory.storage_problems),
         events=list(events.entries),

@@ -4,13 +4,16 @@ Two hooks, both loaded by any Jupyter server in this environment:
 - ``mlflow_server_process`` is a ``jupyter_serverproxy_servers`` entry point: it gives the
   "MLflow" launcher tile (JupyterLab) and New-menu item (Notebook 7);
 - the server extension registers ``MLflowProxyHandler`` for /mlflow/ and /proxy/<port>/ ahead of
-  jupyter-server-proxy's generic handlers, so every route to MLflow gets the origin check.
+  jupyter-server-proxy's generic handlers, so every route to MLflow gets the origin check. In a
+  JupyterHub user's server of a team (hub.configure sets _MLPROXY_TEAM_URL), it registers
+  redirects to the team's service instead, and never connects to MLflow itself.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +23,7 @@ from tornado import web
 from tornado.routing import HostMatches, Rule
 
 from ..config import ConfigError, Settings, locate_stack
+from ..programs import TEAM_URL_ENV
 from ..relay import scrub
 from .proxy import MLflowProxyHandler
 from .routes import MLflowPortMatches
@@ -82,6 +86,32 @@ def mlflow_routes(base_url: str, port: int, options: dict | None = None) -> list
     ]
 
 
+class TeamRedirectHandler(web.RequestHandler):
+    """/user/NAME/mlflow/PATH and /user/NAME/proxy/<port>/PATH -> the team's MLflow service, method
+    and body kept (307), path and query as sent. Built from the Hub's public URL: the server's own
+    address is not where users reach the Hub."""
+
+    def initialize(self, team_url: str) -> None:
+        self.team_url = team_url
+
+    def _redirect(self, path: str = "") -> None:
+        query = f"?{self.request.query}" if self.request.query else ""
+        self.redirect(self.team_url + path.lstrip("/") + query, status=307)
+
+    get = post = put = patch = delete = head = options = _redirect
+
+
+def team_routes(base_url: str, port: int, team_url: str) -> list[tuple]:
+    options = {"team_url": team_url if team_url.endswith("/") else team_url + "/"}
+    return [
+        (url_path_join(base_url, ROUTE_NAME, "(.*)"), TeamRedirectHandler, options),
+        (url_path_join(base_url, ROUTE_NAME), TeamRedirectHandler, options),
+        (MLflowPortMatches(base_url, port, "serve"), TeamRedirectHandler, options),
+        (MLflowPortMatches(base_url, port, "add-slash"), TeamRedirectHandler, options),
+        (MLflowPortMatches(base_url, port, "refuse"), web.ErrorHandler, {"status_code": 403}),
+    ]
+
+
 def _jupyter_server_extension_points():
     return [{"module": "mlproxy_supervisor.jupyter"}]
 
@@ -92,17 +122,21 @@ def _load_jupyter_server_extension(serverapp) -> None:
         # Whatever writes to Jupyter's log (tornado's request summaries, Jupyter's access log and
         # header dumps, jupyter-server-proxy), the token is masked in it, in any encoding.
         scrub.scrub_logs([serverapp.log, logging.getLogger()], token)
+    web_app = serverapp.web_app
+    team_url = os.environ.get(TEAM_URL_ENV)
     try:
-        port, options = _mlflow_port(), _proxy_options()
+        port = _mlflow_port()
+        routes = team_routes(web_app.settings["base_url"], port, team_url) if team_url else mlflow_routes(web_app.settings["base_url"], port, _proxy_options())
     except ConfigError as error:
         serverapp.log.error("mlproxy: MLflow routes not registered: %s", error)
         return
-    web_app = serverapp.web_app
-    routes = mlflow_routes(web_app.settings["base_url"], port, options)
     # Tornado tries host rules in order and jupyter-server-proxy adds its generic
     # /proxy/<port>/ handler (and the entry point's /mlflow/) as its own rule. Putting this
     # rule first makes the origin-checking handler win, whatever the extension load order.
     rule = web_app.default_router.process_rule(Rule(HostMatches(".*"), routes))
     web_app.default_router.rules.insert(0, rule)
-    where = f"unix socket {options['unix_socket']}" if options["unix_socket"] else f"127.0.0.1:{port}"
-    serverapp.log.info("mlproxy: MLflow on %s served at /%s/ and /proxy/%s/", where, ROUTE_NAME, port)
+    if team_url:
+        serverapp.log.info("mlproxy: /%s/ and /proxy/%s/ redirect to the team's MLflow at %s", ROUTE_NAME, port, team_url)
+    else:
+        socket = _mlflow_socket()
+        serverapp.log.info("mlproxy: MLflow on %s served at /%s/ and /proxy/%s/", socket or f"127.0.0.1:{port}", ROUTE_NAME, port)

@@ -119,12 +119,22 @@ class RelayHandler(web.RequestHandler):
             # never see the answer: a small body is read (and dropped) first, then refused.
             self._refusal = refusal
 
-    def _refuse_foreign_origin(self) -> None:
-        headers = self.request.headers
-        why = origin.refusal(self.request.method, headers.get("Origin"), headers.get("Referer"), headers.get("Host", ""),
-                             self.request.protocol, self.cookie_authenticated, self.origin_allowed)  # fmt: skip
+    @property
+    def front_scheme(self) -> str:
+        """The scheme the client reached the door with (a door behind a TLS proxy knows better)."""
+        return self.request.protocol
+
+    def _origin_refusal(self, given_origin: str | None, referer: str | None, cookie_authenticated: bool) -> str | None:
+        why = origin.refusal(self.request.method, given_origin, referer, self.request.headers.get("Host", ""),
+                             self.front_scheme, cookie_authenticated, self.origin_allowed)  # fmt: skip
         if why is not None:
             self.relay_log.warning("Refused %s %s: %s", self.request.method, self.request.path, why)
+        return why
+
+    def _refuse_foreign_origin(self) -> None:
+        headers = self.request.headers
+        why = self._origin_refusal(headers.get("Origin"), headers.get("Referer"), self.cookie_authenticated)
+        if why is not None:
             raise web.HTTPError(403, why)
 
     def _declared_length(self) -> int:

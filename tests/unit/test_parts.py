@@ -73,7 +73,7 @@ def test_an_atomic_write_has_its_mode_and_group_before_it_has_its_name(tmp_path)
 def test_supervisord_programs_render_to_valid_ini_with_the_policies(tmp_path):
     config = settings(tmp_path)
     parser = configparser.RawConfigParser()
-    for name in supervisord_conf.PROGRAMS:
+    for name in supervisord_conf.programs(config):
         parser.read_string(supervisord_conf.render_program(name, config))
     mlflow = parser["program:mlflow"]
     assert mlflow["command"] == f"{sys.executable} -m mlproxy_supervisor.launch {tmp_path}/run/programs/mlflow.json"
@@ -83,7 +83,7 @@ def test_supervisord_programs_render_to_valid_ini_with_the_policies(tmp_path):
     assert mlflow["stdout_logfile"] == f"{tmp_path}/logs/%(program_name)s.log"
     assert parser["program:agent"]["autostart"] == "true"
     # Higher priority numbers stop first: agent, then Jupyter, then MLflow.
-    priorities = {name: int(parser[f"program:{name}"]["priority"]) for name in supervisord_conf.PROGRAMS}
+    priorities = {name: int(parser[f"program:{name}"]["priority"]) for name in supervisord_conf.programs(config)}
     assert priorities["agent"] > priorities["jupyter"] > priorities["mlflow"]
 
 
@@ -175,7 +175,7 @@ def test_launch_files_are_private_and_hold_no_token(tmp_path):
     config = settings(tmp_path)
     token = credentials.ensure_token(config.jupyter.token_file)
     launch.write_launch_files(config)
-    for name in launch.SERVICES:
+    for name in config.services:
         path = config.programs_dir / f"{name}.json"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert token not in path.read_text()

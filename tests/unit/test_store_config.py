@@ -110,7 +110,7 @@ def test_launch_files_hold_the_secrets_file_path_not_its_secrets(clean_environme
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "nor-this")
     settings = settings_from(f'[mlflow]\ncredentials_file = "{path}"\n')
     launch.write_launch_files(settings)
-    for name in launch.SERVICES:
+    for name in settings.services:
         text = (settings.programs_dir / f"{name}.json").read_text()
         assert "never-in-a-launch-file" not in text and "nor-this" not in text
     assert launch.LaunchSpec.read(settings.programs_dir / "mlflow.json").mlflow.credentials_file == str(path)

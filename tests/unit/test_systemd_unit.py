@@ -13,7 +13,16 @@ import tomllib
 
 import pytest
 
-from mlproxy_supervisor import install, layout, logforward, preflight, supervisord_conf, systemd_unit, templates
+from mlproxy_supervisor import (
+    install,
+    layout,
+    logforward,
+    preflight,
+    programs,
+    supervisord_conf,
+    systemd_unit,
+    templates,
+)
 from mlproxy_supervisor.agent.notify import Notifier
 from mlproxy_supervisor.config import Settings
 from mlproxy_supervisor.exits import EXIT_CONFIG
@@ -68,7 +77,7 @@ def test_default_config_matches_the_directories_systemd_makes():
 def test_stop_timeout_covers_the_programs_ordered_stop():
     config = layout.default_settings()
     stops = {}
-    for name in supervisord_conf.PROGRAMS:
+    for name in programs.programs(config.services):
         stops[name] = int(re.search(r"^stopwaitsecs=(\d+)", templates.text(f"supervisord.conf.d/{name}.conf"), re.M).group(1))
     timeouts = systemd_unit.timeouts(config)
     assert timeouts.stop_budget == sum(stops.values())
