@@ -232,11 +232,11 @@ def _create_logged_model(call: Call) -> None:
 
 
 def _recorded_by_another(call: Call, trace_id: str) -> str | None:
-    others = call.recorded_by(trace_id) - {call.user}
-    if others:
+    # Not naming the other user: the caller may have no right to read that trace.
+    if call.recorded_by(trace_id) - {call.user}:
         return (
-            f"Writing the trace info of trace {trace_id!r} as {call.user} is refused: the trace was recorded by "
-            f"{', '.join(sorted(others))} (its mlflow.user), and in team mode who made a trace cannot be changed."
+            f"Writing the trace info of trace {trace_id!r} as {call.user} is refused: another user recorded that "
+            "trace (its mlflow.user), and in team mode who made a trace cannot be changed."
         )
     return None
 

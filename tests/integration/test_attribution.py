@@ -276,8 +276,15 @@ def test_a_trace_is_alices_and_stays_hers(mlflow, experiment_id):
 
     # Starting it again merges into it: alice may (a retried export), bob may not.
     ok(start_trace_v3(mlflow, experiment_id, trace_id, {}, {}))
-    assert_refused(start_trace_v3(mlflow, experiment_id, trace_id, {}, {}, headers=BOB), "recorded by alice")
-    assert trace_v3(mlflow, trace_id)[0]["mlflow.user"] == "alice"
+    refused = start_trace_v3(mlflow, experiment_id, trace_id, {}, {}, headers=BOB)
+    assert_refused(refused, "another user recorded")
+    assert "alice" not in refused.json()["message"], "bob may not read alice's trace: do not tell him whose it is"
+    # Nor into his own experiment, where the merge would move it.
+    bobs = ok(mlflow.post("/api/2.0/mlflow/experiments/create", json={"name": f"bob-{uuid.uuid4().hex}"}, headers=BOB))["experiment_id"]
+    assert_refused(start_trace_v3(mlflow, bobs, trace_id, {}, {}, headers=BOB), "another user recorded")
+    info = ok(mlflow.get(f"/api/3.0/mlflow/traces/{trace_id}", headers=ALICE))["trace"]["trace_info"]
+    assert info["trace_location"]["mlflow_experiment"]["experiment_id"] == experiment_id
+    assert info["trace_metadata"]["mlflow.user"] == "alice"
 
 
 @pytest.mark.parametrize("version, id_field", [("2.0", "request_id"), ("3.0", "trace_id")])
@@ -303,7 +310,7 @@ def test_a_v2_trace_is_alices_and_only_she_may_end_it_as_hers(mlflow, experiment
 
     # An old client sends its own (OS) user name again when it ends the trace.
     end = {"timestamp_ms": 2, "status": "OK", "request_metadata": [{"key": "mlflow.user", "value": "jovyan"}]}
-    assert_refused(call(mlflow, "PATCH", f"/api/2.0/mlflow/traces/{request_id}", end, headers=BOB), "recorded by alice")
+    assert_refused(call(mlflow, "PATCH", f"/api/2.0/mlflow/traces/{request_id}", end, headers=BOB), "another user recorded")
     ok(call(mlflow, "PATCH", f"/api/2.0/mlflow/traces/{request_id}", end))
     assert trace_v3(mlflow, request_id)[0]["mlflow.user"] == "alice"
 
