@@ -120,9 +120,10 @@ def _loads(text: str | bytes) -> Any:
 
 
 def _move_first(mapping: dict, keys: Iterable[str]) -> None:
-    """Puts these keys (of string values) first: protobuf parses a JSON object in its order, and
-    MLflow keeps what was parsed before an error."""
-    front = {key: mapping.pop(key) for key in keys if key in mapping}
+    """Puts those of these keys that hold strings first: protobuf parses a JSON object in its
+    order, and MLflow keeps what was parsed before an error. A string cannot fail to parse, so
+    nothing else MLflow reads changes; anything else stays where the client put it."""
+    front = {key: mapping.pop(key) for key in keys if isinstance(mapping.get(key), str)}
     rest = dict(mapping)
     mapping.clear()
     mapping.update(front)
@@ -253,7 +254,7 @@ def _start_trace_v3(call: Call) -> str | None:
             # The id checked must be the id parsed: a string one goes first, and one that is not a
             # string stops the parse, leaving the trace id "".
             ids = _spellings(info, "trace_id")
-            _move_first(info, [key for key in ids if isinstance(info[key], str)])
+            _move_first(info, ids)
             for trace_id in [info[key] if isinstance(info[key], str) else "" for key in ids] or [""]:
                 if message := _recorded_by_another(call, trace_id):
                     return message
