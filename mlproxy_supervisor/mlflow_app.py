@@ -102,9 +102,9 @@ def _team_app():
         from mlflow.server.auth import create_app
 
         team_app = create_app(flask_app)  # a new FastAPI app: its permission middleware covers the native routes
-    from .hub.attribution import Attribution
+    from .hub import attribution
 
-    flask_app.wsgi_app = Attribution(flask_app.wsgi_app)
+    attribution.install(flask_app, team_app)  # the Flask routes, and OTLP's native one
     return team_app
 
 

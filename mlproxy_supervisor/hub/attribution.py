@@ -59,9 +59,9 @@ from starlette.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_content_length, get_input_stream
 
+from ..programs import USER_HEADER
 from ..relay.answers import ERROR_CODES
 
-USER_HEADER = "X-MLproxy-User"  # the Hub user's name, UTF-8
 USER_ENVIRON = "HTTP_" + USER_HEADER.upper().replace("-", "_")
 # A dataset upsert sends the whole evaluation set in one request; MLflow's WSGI bridge holds
 # every body in memory anyway, so this bounds the extra copy, not what MLflow accepts.
@@ -71,19 +71,11 @@ BODY_LIMIT = 64 * 1024 * 1024
 # --- The user and the keys that name one --------------------------------------------------------
 
 
-class NotUtf8(ValueError):
-    pass
-
-
 def hub_user(header: str | None) -> str | None:
-    """The Hub user named by the header as WSGI and Starlette give it (each byte as one latin-1
-    character), or None when the request carries none."""
-    if not header:
-        return None
-    try:
-        return header.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        raise NotUtf8(f"{USER_HEADER} is not UTF-8") from None
+    """The Hub user a request names, read as hub/identity.py reads it for MLflow's auth app (the
+    header as the server hands it over, stripped): what is stamped is the name permissions are
+    granted to. None when the request names none."""
+    return (header or "").strip() or None
 
 
 def names_user(key: Any) -> bool:
@@ -420,11 +412,13 @@ def _too_large() -> str:
 
 
 class Attribution:
-    """WSGI middleware for MLflow's Flask app: `flask_app.wsgi_app = Attribution(flask_app.wsgi_app,
-    flask_app)`. Routes are matched with the Flask app's own URL map, so a request is enforced
-    exactly when Flask would dispatch it to the route."""
+    """WSGI middleware for MLflow's Flask app: `flask_app.wsgi_app = Attribution(flask_app.wsgi_app)`.
+    Routes are matched with that Flask app's own URL map (MLflow's, unless another is given), so a
+    request is enforced exactly when Flask would dispatch it to the route."""
 
-    def __init__(self, app, flask_app, recorded_by: Callable[[str], set[str]] = recorded_by):
+    def __init__(self, app, flask_app=None, recorded_by: Callable[[str], set[str]] = recorded_by):
+        if flask_app is None:
+            from mlflow.server import app as flask_app
         self.app = app
         self.flask_app = flask_app
         self.recorded_by = recorded_by
@@ -432,13 +426,10 @@ class Attribution:
         self.routes = {(route.method, prefix + route.path): route for route in ROUTES}
 
     def __call__(self, environ, start_response) -> Iterable[bytes]:
-        route, view_args = self._route(environ) if environ.get(USER_ENVIRON) else (None, None)
+        user = hub_user(environ.get(USER_ENVIRON))
+        route, view_args = self._route(environ) if user else (None, None)
         if route is None:
             return self.app(environ, start_response)
-        try:
-            user = hub_user(environ[USER_ENVIRON])
-        except NotUtf8 as error:
-            return self._answer(start_response, 400, _error_body(400, str(error)))
         body = None
         if route.reads_body:
             raw = self._read_body(environ)
@@ -542,7 +533,7 @@ def _otlp_sets_user_tag(raw: bytes, headers: Headers) -> bool:
 
 
 class OtlpAttribution:
-    """ASGI middleware for MLflow's app (outermost): refuses OTLP span exports that would set a
+    """ASGI middleware for MLflow's FastAPI app: refuses OTLP span exports that would set a
     trace's mlflow.user tag. The OTLP route carries no maker of its own: a trace's mlflow.user
     comes from the trace info the client starts with `POST /api/3.0/mlflow/traces`, stamped by
     `Attribution`."""
@@ -555,11 +546,7 @@ class OtlpAttribution:
         if scope["type"] != "http" or scope["method"] != "POST" or get_route_path(scope) != self.path:
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
-        try:
-            user = hub_user(headers.get(USER_HEADER))
-        except NotUtf8 as error:
-            return await self._answer(send, 400, str(error))
-        if user is None:
+        if hub_user(headers.get(USER_HEADER)) is None:
             return await self.app(scope, receive, send)
         chunks, size, more_body = [], 0, True
         while more_body:
@@ -596,8 +583,8 @@ class OtlpAttribution:
         await send({"type": "http.response.body", "body": body})
 
 
-def install(flask_app, asgi_app):
-    """Both middlewares: MLflow's Flask app (the one its ASGI app mounts) is changed in place;
-    serve the ASGI app returned."""
+def install(flask_app, asgi_app) -> None:
+    """Both middlewares, in place: on MLflow's Flask app, and on the (FastAPI) app that mounts it,
+    before it serves its first request."""
     flask_app.wsgi_app = Attribution(flask_app.wsgi_app, flask_app)
-    return OtlpAttribution(asgi_app)
+    asgi_app.add_middleware(OtlpAttribution)
