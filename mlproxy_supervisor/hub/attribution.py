@@ -12,9 +12,9 @@ that header is the truth. Two middlewares act on it (`install` puts both in plac
   On the routes in `ROUTES` it rewrites the JSON body so that what MLflow stores names the header's
   user ("stamped"), or answers 403 PERMISSION_DENIED to a write that would change `mlflow.user`
   ("refused"). Other requests, artifact uploads among them, pass through unread.
-- `OtlpAttribution` wraps the ASGI app for the one native route that can carry a maker, OTLP
-  `POST /v1/traces`: a root span attribute `mlflow.traceTag.mlflow.user` becomes the trace's
-  `mlflow.user` tag, so a request carrying one is refused.
+- `OtlpAttribution`, a middleware of MLflow's FastAPI app, guards the one native route that can
+  carry a maker, OTLP `POST /v1/traces`: a root span attribute `mlflow.traceTag.mlflow.user`
+  becomes the trace's `mlflow.user` tag, so a request carrying one is refused.
 
 docs/team-attribution.md lists every write route MLflow serves, with what each enforces and why.
 
