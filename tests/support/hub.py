@@ -151,17 +151,22 @@ def users_lock():
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _run(argv: list[str], stdin: str | None = None) -> None:
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{argv[0]} failed ({result.returncode}): {result.stderr.strip()}"
+
+
 def ensure_user(name: str) -> pwd.struct_passwd:
     """The Unix user `name` with a home directory, created if missing (kept between runs)."""
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True, capture_output=True, text=True)
+        _run(["useradd", "--create-home", "--shell", "/bin/bash", name])
         return pwd.getpwnam(name)
 
 
 def set_password(name: str, password: str) -> None:
-    subprocess.run(["chpasswd"], input=f"{name}:{password}\n", check=True, capture_output=True, text=True)
+    _run(["chpasswd"], stdin=f"{name}:{password}\n")  # on stdin: never in an argv that /proc shows
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -508,8 +513,8 @@ class Hub:
                            failed=spawn_failed, details=self.tails)  # fmt: skip
         processes = self._user_processes(user)
         assert processes, (
-            f"{user}'s server is ready but no process of uid {self.uid(user)} carries {MARKER}: did the appended "
-            f"config assign c.Spawner.environment? Use c.Spawner.environment.update(...) so the harness can track it")  # fmt: skip
+            f"{user}'s server is ready but no process of uid {self.uid(user)} carries {MARKER}: the configuration "
+            f"dropped c.Spawner.environment (a pre_spawn_hook or spawner of its own?); the harness tracks processes by it")  # fmt: skip
         return model
 
     def _user_processes(self, user: str) -> dict[int, dict]:
