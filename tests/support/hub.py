@@ -408,10 +408,11 @@ class Hub:
         problems = []
         hub_was_running = self.hub is not None and self.hub.poll() is None
         if hub_was_running:
+            users = []
             try:
                 users = [model["name"] for model in self.admin.get(self.api("users"), timeout=30).json() if model.get("servers")]
             except (requests.RequestException, ValueError) as error:
-                users, problems = [], [f"listing the Hub's users: {error}"]
+                problems.append(f"listing the Hub's users: {error}")
             for name in users:
                 try:
                     self.stop_server(name, timeout)
