@@ -260,6 +260,9 @@ class TeamSettings(_Section):
         "open team, NO_PERMISSIONS for private work. Creators get MANAGE and grant others in MLflow.",
     )
     admin_group: str = Field("mlflow-admins", description="Members of this Hub group are MLflow admins.")
+    user_sync_period: Seconds = Field(
+        60, description="Seconds between two walks of the Hub's user list, which make every Hub user an MLflow user (so grants work before a first visit)."
+    )
     service_token_file: Path | None = Field(
         None, description="0600 file holding the service's Hub API token; generated if missing (<state_dir>/hub_service_token)."
     )

@@ -11,6 +11,7 @@ TEAM_ENV = "_MLPROXY_TEAM"
 # Set in every Hub user's server (hub.configure): the service's URL. mlproxy's extension there
 # redirects /user/NAME/mlflow/ to it and never connects to MLflow itself.
 TEAM_URL_ENV = "_MLPROXY_TEAM_URL"
+TEAM_PORT_ENV = "_MLPROXY_TEAM_PORT"  # the /proxy/<port>/ route's port (mlflow.port of the team)
 # The header the Hub service sets (and no one else can) on every request it relays to MLflow.
 USER_HEADER = "X-MLproxy-User"
 ADMIN_HEADER = "X-MLproxy-Admin"

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from ..config import ConfigError, Settings, load_settings
-from ..programs import TEAM_URL_ENV
+from ..programs import TEAM_PORT_ENV, TEAM_URL_ENV
 
 # A user's server's token, by default (jupyterhub's `server` role), plus the service.
 SERVER_TOKEN_SCOPES = ["users:activity!user", "access:servers!server"]
@@ -64,6 +64,7 @@ def configure(c, config: str | os.PathLike | None = None) -> Settings:
             # The server's own Hub token (kernels inherit it): MLflow's client sends it as Bearer.
             "MLFLOW_TRACKING_TOKEN": lambda spawner: spawner.api_token,
             TEAM_URL_ENV: settings.team_url,
+            TEAM_PORT_ENV: str(settings.mlflow.port),
         }
     )
     # However mlproxy was installed (an editable install leaves the data file that enables the

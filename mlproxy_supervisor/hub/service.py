@@ -12,7 +12,7 @@ loopback (team.service_port); the Hub's proxy forwards /services/<name>/ to it. 
   keyed by user, credential scrubbing), with X-MLproxy-User naming the Hub user: the only place
   MLflow learns who is calling (hub/identity.py).
 
-It also walks the Hub's user list (every SYNC_PERIOD), so that every Hub user exists in MLflow's
+It also walks the Hub's user list (every team.user_sync_period), so that every Hub user exists in MLflow's
 auth store, with the admin flag of team.admin_group, before their first visit.
 """
 
@@ -46,7 +46,6 @@ from ..programs import (
 from ..relay import answers, scrub
 from ..relay.handler import HOP_HEADERS, RelayHandler
 
-SYNC_PERIOD = 60.0  # seconds between walks of the Hub's user list
 ASSISTANT = "/ajax-api/3.0/mlflow/assistant"
 
 log = logging.getLogger("mlproxy.service")
@@ -237,7 +236,7 @@ async def sync_users(settings: Settings, token: str, known: dict[str, bool]) -> 
     try:
         users = await asyncio.to_thread(hub_users, settings, token)
     except (OSError, ValueError, KeyError) as error:
-        log.warning("cannot list the Hub's users (%s); retrying in %.0f s", error, SYNC_PERIOD)
+        log.warning("cannot list the Hub's users (%s); retrying in %.0f s", error, settings.team.user_sync_period)
         return
     for user in users:
         name, admin = user["name"], settings.team.admin_group in (user.get("groups") or [])
@@ -287,7 +286,7 @@ def main() -> int:
     log.info("MLflow served as %s, behind the Hub at %s", settings.team_url, settings.team.hub_api_url)
     loop = ioloop.IOLoop.current()
     known: dict[str, bool] = {}
-    ioloop.PeriodicCallback(lambda: asyncio.ensure_future(sync_users(settings, token, known)), SYNC_PERIOD * 1000).start()
+    ioloop.PeriodicCallback(lambda: asyncio.ensure_future(sync_users(settings, token, known)), settings.team.user_sync_period * 1000).start()
     loop.add_callback(lambda: asyncio.ensure_future(sync_users(settings, token, known)))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: loop.add_callback_from_signal(loop.stop))

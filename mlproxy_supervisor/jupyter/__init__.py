@@ -23,7 +23,7 @@ from tornado import web
 from tornado.routing import HostMatches, Rule
 
 from ..config import ConfigError, Settings, locate_stack
-from ..programs import TEAM_URL_ENV
+from ..programs import TEAM_PORT_ENV, TEAM_URL_ENV
 from ..relay import scrub
 from .proxy import MLflowProxyHandler
 from .routes import MLflowPortMatches
@@ -125,7 +125,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
     web_app = serverapp.web_app
     team_url = os.environ.get(TEAM_URL_ENV)
     try:
-        port = _mlflow_port()
+        port = int(os.environ.get(TEAM_PORT_ENV, 0)) or _mlflow_port()
         routes = team_routes(web_app.settings["base_url"], port, team_url) if team_url else mlflow_routes(web_app.settings["base_url"], port, _proxy_options())
     except ConfigError as error:
         serverapp.log.error("mlproxy: MLflow routes not registered: %s", error)

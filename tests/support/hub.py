@@ -44,7 +44,7 @@ JUPYTERHUB = VENV_BIN / "jupyterhub"
 PROXY = ROOT / "tests" / "team" / "node_modules" / ".bin" / "configurable-http-proxy"
 
 USERS = ("alice", "bob", "carol")
-MARKER = "MLPROXY_HUB_HARNESS"
+MARKER = "_MLPROXY_HUB_HARNESS"  # no MLPROXY_ prefix: mlproxy refuses unknown MLPROXY_* variables
 SERVICE = "mlproxy-harness"
 # Scopes of the harness's service token: create users, start/stop/read their servers (with the
 # spawner's state), make tokens for them, read the Hub and its proxy's routes.
