@@ -170,8 +170,11 @@ class Faults:
 class Load:
     """CLIENTS processes of tests/support/load.py writing through the stack's route."""
 
-    def __init__(self, stack: Stack, directory: Path, clients: int, seed: int):
+    def __init__(self, stack: Stack, directory: Path, clients: int, seed: int, tracking: tuple[str, str] | None = None):
+        """tracking: (MLFLOW_TRACKING_URI, MLFLOW_TRACKING_TOKEN) for the clients; by default the
+        stack's /mlflow/ route with Jupyter's token."""
         self.stack, self.directory = stack, directory
+        self.tracking = tracking or (f"{stack.base}/mlflow", stack.token)
         self.stop_file = directory / "stop"
         self.ledgers = [directory / f"client-{i}.jsonl" for i in range(clients)]
         self.processes = [
@@ -185,7 +188,7 @@ class Load:
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPROXY_"))}
-        env.update(MLFLOW_TRACKING_URI=f"{self.stack.base}/mlflow", MLFLOW_TRACKING_TOKEN=self.stack.token)
+        env.update(MLFLOW_TRACKING_URI=self.tracking[0], MLFLOW_TRACKING_TOKEN=self.tracking[1])
         return env
 
     def acknowledged(self) -> int:

@@ -380,12 +380,22 @@ class Hub:
         """Stops the Hub process only (the proxy, its routes and users' servers stay), starts it
         again, and returns once it answers through the proxy and sees every server that was ready
         before as ready again."""
+        with self.hub_down(timeout):
+            pass
+
+    @contextlib.contextmanager
+    def hub_down(self, timeout: float = 180):
+        """The Hub process stopped (the proxy, its routes and users' servers stay) for the body of
+        the with-block, then started again as restart_hub() does."""
         running = [name for name in self.users if self._server(name).get("ready")] if self.hub else []
         self._stop_hub()
-        self._start_hub(timeout)
-        for name in running:
-            wait_until(lambda name=name: self._server(name).get("ready"), timeout,
-                       f"{name}'s server ready again after the Hub's restart", details=self.tails)  # fmt: skip
+        try:
+            yield
+        finally:
+            self._start_hub(timeout)
+            for name in running:
+                wait_until(lambda name=name: self._server(name).get("ready"), timeout,
+                           f"{name}'s server ready again after the Hub's restart", details=self.tails)  # fmt: skip
 
     def _stop_hub(self, timeout: float = 60) -> None:
         if self.hub is not None:
