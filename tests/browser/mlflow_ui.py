@@ -23,10 +23,12 @@ def close_assistant(page: Page) -> None:
     expect(question_box).to_be_hidden()
 
 
-def open_experiment(page: Page, base: str, experiment_name: str) -> None:
-    """From MLflow's home page to an experiment's runs, by the sidebar and the experiments list."""
+def open_experiment(page: Page, base: str, experiment_name: str, assistant: bool = True) -> None:
+    """From MLflow's home page to an experiment's runs, by the sidebar and the experiments list.
+    assistant: whether MLflow offers its Assistant there (not in team mode, where it is refused)."""
     page.goto(base)
-    close_assistant(page)
+    if assistant:
+        close_assistant(page)
     # Classic runs (params, metrics, artifacts) live in the "Model training" view.
     page.get_by_text("Model training", exact=True).click()
     page.get_by_role("link", name="Experiments", exact=True).first.click()

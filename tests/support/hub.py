@@ -263,6 +263,9 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.5, fail
 
 
 # --- the harness --------------------------------------------------------------------------
+PASSWORDS: dict[str, str] = {}  # user -> this test process's password for them (see Hub.start)
+
+
 class Hub:
     """JupyterHub 6 behind an external configurable-http-proxy, each in a process group of its own.
 
@@ -280,7 +283,7 @@ class Hub:
         self.proxy_log, self.hub_log = self.directory / "proxy.log", self.directory / "hub.log"
         self.proxy: subprocess.Popen | None = None
         self.hub: subprocess.Popen | None = None
-        self._passwords: dict[str, str] = {}
+        self._passwords = PASSWORDS
         self._user_tokens: dict[str, str] = {}
         self._kernels: dict[str, str] = {}
         self._groups_seen: set[int] = set()
@@ -311,8 +314,9 @@ class Hub:
         with users_lock():
             for name in self.users:
                 ensure_user(name)
-                self._passwords[name] = secrets.token_urlsafe(18)
-                set_password(name, self._passwords[name])
+                # One password per user and test process: every Hub of this process (a session's
+                # and a test's own) logs the same user in with it. Random per process.
+                set_password(name, self._passwords.setdefault(name, secrets.token_urlsafe(18)))
         refused = user_cannot_run_the_venv(self.users[0])
         assert refused is None, f"{refused}\n{SETUP_HINT}; it makes .venv from a Python every user can run"
         self.config_file.write_text(self._config())
