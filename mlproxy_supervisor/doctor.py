@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from . import credentials, local_http, preflight, procfs, rpc
 from .config import RESOLVED_ENV, ConfigError, Settings, locate_stack
+from .programs import SERVICE_READINESS
 from .redact import redact_uri
 from .rpc import Supervisor
 
@@ -108,6 +109,24 @@ def check_database(settings: Settings) -> list[Finding]:
     return [Finding("MLflow's database", True, f"{host}:{port} accepts connections ({shown})")]
 
 
+def team_checks(settings: Settings) -> list[Finding]:
+    """Team mode: the service answers, and MLflow answers through the Hub's proxy with the
+    service's own Hub token (what users' requests go through)."""
+    findings = []
+    status, _ = _get(f"{settings.service_url.rstrip('/')}{SERVICE_READINESS}")
+    findings.append(Finding("Hub service reaches MLflow", status == 200, f"{settings.service_url}: HTTP {status or 'no answer'}",
+                            "see `mlproxy status` and the service and mlflow logs"))  # fmt: skip
+    try:
+        token = credentials.read_token(settings.team.service_token_file)
+    except credentials.CredentialError as error:
+        return [*findings, Finding("service token", False, str(error), "run mlproxy as the user that owns the state directory")]
+    status, body = _get(f"{settings.team_url}api/2.0/mlflow/experiments/search?max_results=1", token)
+    findings.append(Finding("MLflow through the Hub's proxy", status == 200, f"{settings.team_url}: HTTP {status or body.decode(errors='replace')}",
+                            "start the Hub with mlproxy_supervisor.hub.configure(c) in its configuration (docs/team.md), "
+                            "and check team.public_url and team.hub_api_url"))  # fmt: skip
+    return findings
+
+
 def live_checks(settings: Settings, token: str | None) -> list[Finding]:
     findings = []
     mlflow, jupyter, port = settings.mlflow_url, settings.jupyter_local_url, settings.mlflow.port
@@ -192,6 +211,8 @@ def diagnose(config_file: Path | None) -> list[Finding]:
         return findings + check_database(settings)
     findings.append(Finding("stack running", True, f"supervisord pid {supervisor.pid()}"))
     findings += check_database(settings)
+    if settings.team_mode:
+        return findings + team_checks(settings)
     findings += _listeners_belong_to_stack(settings, supervisor)
     findings += live_checks(settings, token)
     return findings

@@ -62,8 +62,18 @@ def as_this_user() -> str:
     return ""
 
 
+# Team mode's: the Hub service's login (jupyterhub.services.auth) and MLflow's auth app (Flask-WTF).
+TEAM_MODULES = {"jupyterhub": "jupyterhub", "flask_wtf": "Flask-WTF"}
+
+
 def check_dependencies(settings: Settings) -> list[Problem]:
     problems = []
+    for module, package in TEAM_MODULES.items() if settings.team_mode else ():
+        if importlib.util.find_spec(module) is None:
+            problems.append(
+                Problem(f"team mode needs {package}, which is not installed in {sys.prefix}",
+                        "in your mlproxy checkout: pip install -c constraints.txt '.[team]'")
+            )
     for module, package in REQUIRED_MODULES.items():
         if importlib.util.find_spec(module) is None:
             problems.append(

@@ -173,3 +173,10 @@ def test_hub_users_exist_in_mlflow_before_their_first_visit(team):
             break
         time.sleep(1)
     assert answer.status_code == 200, f"dave never became an MLflow user: {answer.text}"
+
+
+def test_doctor_checks_the_service_and_the_route_through_the_hub(team):
+    result = team.stack.mlproxy("doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ok  ] Hub service reaches MLflow" in result.stdout
+    assert "[ok  ] MLflow through the Hub's proxy" in result.stdout
