@@ -14,8 +14,8 @@ import uuid
 import pytest
 import requests
 
-from mlproxy_supervisor import procfs
 from tests.stack import Stack, ports
+from tests.support import procfs
 from tests.support.mlflow_client import run_client
 
 pytestmark = pytest.mark.integration

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlproxy_supervisor.agent import metrics
 from mlproxy_supervisor.agent.reconcile import Memory
 from mlproxy_supervisor.rpc import ProcessInfo
+from tests.support import metrics
 
 
 def test_metrics_render_parses(tmp_path):
