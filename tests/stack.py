@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -13,10 +15,12 @@ from pathlib import Path
 
 import requests
 
-from mlproxy_supervisor.config import Settings, read_resolved
+from mlproxy_supervisor.config import ConfigError, Settings, read_resolved
 from mlproxy_supervisor.rpc import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
+# What `mlproxy up` does first: load_settings() in its environment and working directory.
+LOAD_SETTINGS = "import pickle, sys; from mlproxy_supervisor.config import load_settings; sys.stdout.buffer.write(pickle.dumps(load_settings()))"
 # Shifts every port the tests use, so two test runs on one machine do not collide.
 PORT_OFFSET = int(os.environ.get("MLPROXY_TEST_PORT_OFFSET", "0"))
 
@@ -138,7 +142,11 @@ class Stack:
 
     def tail(self, lines: int = 40) -> str:
         chunks = []
-        for path in [self.output, *sorted((self.state_dir / "logs").glob("*.log"))]:
+        try:
+            logs = sorted(self.configured.log_dir.glob("*.log"))
+        except ConfigError:  # `up` refused the configuration: it started no program
+            logs = []
+        for path in [self.output, *logs]:
             if path.exists():
                 chunks.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(chunks)
@@ -147,9 +155,19 @@ class Stack:
     def status(self) -> dict:
         return json.loads(self.mlproxy("status", "--json").stdout)
 
+    @functools.cached_property
+    def configured(self) -> Settings:
+        """The stack's configuration as `mlproxy up` resolves it, from the stack's environment and
+        working directory: where its files are, known before it runs (ConfigError if up refuses it)."""
+        result = subprocess.run([sys.executable, "-c", LOAD_SETTINGS], env=self.env, cwd=self.state_dir.parent,
+                                capture_output=True, timeout=120, check=False)  # fmt: skip
+        if result.returncode != 0:
+            raise ConfigError(result.stderr.decode(errors="replace").strip())
+        return pickle.loads(result.stdout)
+
     @property
     def token(self) -> str:
-        return (self.state_dir / "jupyter_token").read_text().strip()
+        return self.configured.jupyter.token_file.read_text().strip()
 
     @property
     def base(self) -> str:
@@ -165,17 +183,18 @@ class Stack:
 
     @property
     def supervisor(self) -> Supervisor:
-        return Supervisor(self.state_dir / "run" / "supervisord.sock")
+        return Supervisor(self.configured.socket_path)
 
     @property
     def settings(self) -> Settings:
-        """The running stack's resolved configuration (where MLflow listens: settings.mlflow_socket)."""
-        return read_resolved(self.state_dir / "run" / "resolved.json")
+        """The running stack's resolved configuration, read back from the file `up` wrote."""
+        return read_resolved(self.configured.resolved_file)
 
     @property
-    def mlflow_socket(self) -> Path:
-        """MLflow's unix socket (the default, listen = "socket"); only the stack's user connects to it."""
-        return self.state_dir / "run" / "mlflow.sock"
+    def mlflow_socket(self) -> Path | None:
+        """MLflow's unix socket (the default, listen = "socket"; None with "tcp"); only the stack's
+        user connects to it."""
+        return self.configured.mlflow_socket
 
     def pid(self, name: str) -> int:
         return self.supervisor.processes()[name].pid

@@ -39,7 +39,7 @@ class Target:
         self.stack = stack
         self.token = stack.token
         self.mlflow = DirectMLflow(stack.mlflow_socket)
-        self.mlflow_log = stack.state_dir / "logs" / "mlflow.log"
+        self.mlflow_log = stack.configured.log_dir / "mlflow.log"
         self.experiment_id = self.create_experiment(f"hostile-base-{uuid.uuid4().hex[:6]}")
         run = self.mlflow.post("/api/2.0/mlflow/runs/create", json={"experiment_id": self.experiment_id})
         run.raise_for_status()
@@ -85,7 +85,7 @@ class Target:
 
     @property
     def jupyter_log(self) -> Path:
-        return self.stack.state_dir / "logs" / "jupyter.log"
+        return self.stack.configured.log_dir / "jupyter.log"
 
     def victim_is_answered_right(self) -> bool:
         """Another client's ordinary request through the route, on a connection of its own: does it
