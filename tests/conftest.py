@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack, port_is_free, ports
+from tests.stack import Stack, port_is_free
 from tests.support.hostile import Target
 
 IN_CI = os.environ.get("CI") == "true"
@@ -17,16 +17,15 @@ IN_CI = os.environ.get("CI") == "true"
 
 @pytest.fixture(scope="session")
 def shared_stack(tmp_path_factory):
-    """The stack on the default ports (8888, 5001, 9181), started once; tests using it only read
-    or add their own experiments."""
-    wanted = ports(8888, 5001, 9181)
-    busy = [port for port in wanted.values() if not port_is_free(port)]
+    """One stack, started once; tests using it only read or add their own experiments."""
+    stack = Stack(tmp_path_factory.mktemp("shared") / "state")
+    busy = [port for port in stack.ports.values() if not port_is_free(port)]
     if busy:
         pytest.fail(f"ports {busy} are in use; stop whatever holds them (another mlproxy?) before the tests")
-    stack = Stack(tmp_path_factory.mktemp("shared") / "state", **wanted).start()
+    stack.start()
     yield stack
     assert stack.stop() == 0
-    busy = [port for port in wanted.values() if not port_is_free(port)]
+    busy = [port for port in stack.ports.values() if not port_is_free(port)]
     assert not busy, f"ports {busy} still in use after the shared stack stopped"
 
 
@@ -35,13 +34,13 @@ def hostile_stack():
     """One real stack for the hostile and protocol-fuzz tiers. Its state directory sits in a
     world-traversable directory, so the file-mode cases test the stack's own modes (pytest's tmp
     directories are 0700 and would hide every file anyway)."""
-    wanted = ports(8890, 5003, 9183)
-    busy = [port for port in wanted.values() if not port_is_free(port)]
-    if busy:
-        pytest.fail(f"ports {busy} are in use; stop whatever holds them before the hostile tier")
     parent = Path(tempfile.mkdtemp(prefix="mlproxy-hostile-"))
     parent.chmod(0o755)  # other users may walk in: what they find is the stack's own modes
-    stack = Stack(parent / "state", **wanted).start()
+    stack = Stack(parent / "state")
+    busy = [port for port in stack.ports.values() if not port_is_free(port)]
+    if busy:
+        pytest.fail(f"ports {busy} are in use; stop whatever holds them before the hostile tier")
+    stack.start()
     try:
         yield stack
     finally:

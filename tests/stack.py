@@ -1,4 +1,5 @@
-"""A real mlproxy stack for tests: `mlproxy up` in a subprocess, on its own state dir and ports."""
+"""A real mlproxy stack for tests: `mlproxy up` in a subprocess, on its own state dir and ports
+(from tests/support/ports.py unless the test passes its own)."""
 
 from __future__ import annotations
 
@@ -17,17 +18,11 @@ import requests
 
 from mlproxy_supervisor.config import ConfigError, Settings, read_resolved
 from mlproxy_supervisor.rpc import Supervisor
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # What `mlproxy up` does first: load_settings() in its environment and working directory.
 LOAD_SETTINGS = "import pickle, sys; from mlproxy_supervisor.config import load_settings; sys.stdout.buffer.write(pickle.dumps(load_settings()))"
-# Shifts every port the tests use, so two test runs on one machine do not collide.
-PORT_OFFSET = int(os.environ.get("MLPROXY_TEST_PORT_OFFSET", "0"))
-
-
-def ports(jupyter: int, mlflow: int, metrics: int) -> dict[str, int]:
-    """Test ports, shifted by MLPROXY_TEST_PORT_OFFSET."""
-    return dict(jupyter_port=jupyter + PORT_OFFSET, mlflow_port=mlflow + PORT_OFFSET, metrics_port=metrics + PORT_OFFSET)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -66,9 +61,12 @@ def processes_under(state_dir: Path) -> list[str]:
 
 
 class Stack:
-    def __init__(self, state_dir: Path, jupyter_port: int, mlflow_port: int, metrics_port: int, env: dict | None = None, config: str | None = None):
+    def __init__(self, state_dir: Path, jupyter_port: int | None = None, mlflow_port: int | None = None, metrics_port: int | None = None,
+                 env: dict | None = None, config: str | None = None):  # fmt: skip
         self.state_dir = Path(state_dir)
-        self.jupyter_port, self.mlflow_port, self.metrics_port = jupyter_port, mlflow_port, metrics_port
+        self.jupyter_port, self.mlflow_port, self.metrics_port = (
+            free_port() if port is None else port for port in (jupyter_port, mlflow_port, metrics_port)
+        )
         self.extra_env = dict(env or {})
         self.config_file = None
         if config is not None:
@@ -168,6 +166,12 @@ class Stack:
     @property
     def token(self) -> str:
         return self.configured.jupyter.token_file.read_text().strip()
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The stack's ports, as Stack's keyword arguments: Stack(..., **stack.ports) is another stack
+        on the same ones."""
+        return dict(jupyter_port=self.jupyter_port, mlflow_port=self.mlflow_port, metrics_port=self.metrics_port)
 
     @property
     def base(self) -> str:

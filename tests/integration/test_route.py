@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.stack import Stack, ports
+from tests.stack import Stack
 from tests.support.direct import DirectMLflow
 
 pytestmark = pytest.mark.integration
@@ -177,7 +177,7 @@ def test_mlflow_listens_on_its_socket_not_on_tcp(shared_stack):
 
 @pytest.fixture(scope="module")
 def tcp_stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("tcp") / "state", **ports(28988, 28011, 28191), env={"MLPROXY_MLFLOW__LISTEN": "tcp"}).start()
+    stack = Stack(tmp_path_factory.mktemp("tcp") / "state", env={"MLPROXY_MLFLOW__LISTEN": "tcp"}).start()
     yield stack
     assert stack.stop() == 0
 

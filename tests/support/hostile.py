@@ -13,10 +13,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.stack import PORT_OFFSET, Stack
+from tests.stack import Stack
 from tests.support.direct import DirectMLflow
-
-ATTACKER_ORIGIN_PORT = 9999 + PORT_OFFSET  # another local origin, only ever named in Origin headers
+from tests.support.ports import free_port
 
 
 @dataclass
@@ -38,6 +37,8 @@ class Target:
     def __init__(self, stack: Stack):
         self.stack = stack
         self.token = stack.token
+        # Another local origin: named in Origin headers, and where the attacking page is served.
+        self.attacker_origin_port = free_port()
         self.mlflow = DirectMLflow(stack.mlflow_socket)
         self.mlflow_log = stack.configured.log_dir / "mlflow.log"
         self.experiment_id = self.create_experiment(f"hostile-base-{uuid.uuid4().hex[:6]}")
@@ -120,7 +121,7 @@ class Target:
 
     @property
     def attacker_origin(self) -> str:
-        return f"http://127.0.0.1:{ATTACKER_ORIGIN_PORT}"
+        return f"http://127.0.0.1:{self.attacker_origin_port}"
 
 
 def unique(prefix: str) -> str:
