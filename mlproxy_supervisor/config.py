@@ -37,6 +37,13 @@ CONFIG_FILE_NAME = "mlproxy.toml"
 # in every program's environment: the agent, Jupyter's extension, kernels and their terminals
 # read the stack's values from there, never from the TOML or MLPROXY_* again.
 RESOLVED_ENV = "MLPROXY_RESOLVED_CONFIG"
+# Every other variable this module reads (through _read_env): the directories systemd exports
+# for StateDirectory= and its siblings, the XDG base directories of a user install, and
+# JOURNAL_STREAM, which makes the journal log_target's default.
+OTHER_ENV = (
+    "STATE_DIRECTORY", "LOGS_DIRECTORY", "RUNTIME_DIRECTORY", "CONFIGURATION_DIRECTORY",
+    "XDG_DATA_HOME", "XDG_CONFIG_HOME", "JOURNAL_STREAM",
+)  # fmt: skip
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
@@ -275,16 +282,21 @@ class TeamSettings(_Section):
         return value.rstrip("/") if value else value
 
 
+def _read_env(name: str) -> str | None:
+    assert name in OTHER_ENV, f"{name} is read by config.py: add it to OTHER_ENV"
+    return os.environ.get(name)
+
+
 def _default_state_dir() -> Path:
     # systemd's StateDirectory= exports STATE_DIRECTORY; otherwise follow XDG for a user install.
-    if systemd_dir := os.environ.get("STATE_DIRECTORY"):
+    if systemd_dir := _read_env("STATE_DIRECTORY"):
         return Path(systemd_dir.split(":")[0])
-    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    data_home = _read_env("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(data_home) / "mlproxy"
 
 
 def _systemd_dir(name: str) -> Path | None:
-    value = os.environ.get(name)
+    value = _read_env(name)
     return Path(value.split(":")[0]) if value else None
 
 
@@ -299,7 +311,7 @@ class Settings(BaseSettings):
         None, description="supervisord socket (0700), pid file, status document."
     )
     log_target: Literal["files", "stdout", "journal"] = Field(
-        default_factory=lambda: "journal" if os.environ.get("JOURNAL_STREAM") else "files",
+        default_factory=lambda: "journal" if _read_env("JOURNAL_STREAM") else "files",
         description="files: rotated files under log_dir; stdout (containers): every program's lines, "
         "prefixed, on stdout too; journal: the files plus a copy of every line in systemd's journal.",
     )
@@ -594,7 +606,7 @@ def config_search_path(cwd: Path | None = None) -> list[Path]:
     if env_path := os.environ.get(CONFIG_PATH_ENV):
         return [Path(env_path)]
     paths.append(cwd / CONFIG_FILE_NAME)
-    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    config_home = Path(_read_env("XDG_CONFIG_HOME") or Path.home() / ".config")
     paths.append(config_home / "mlproxy" / CONFIG_FILE_NAME)
     if systemd_conf := _systemd_dir("CONFIGURATION_DIRECTORY"):
         paths.append(systemd_conf / CONFIG_FILE_NAME)

@@ -80,26 +80,6 @@ def listening_pids(port: int) -> list[int]:
     return [pid for pid in pids() if inodes & _open_files(pid)]
 
 
-def connections_to(pid: int, port: int) -> int:
-    """How many established TCP connections process pid holds to a local port (as a client)."""
-    return len(_tcp_socket_inodes("01", 2, port) & _open_files(pid))
-
-
-def unix_connections(path) -> int:
-    """How many connections the server side of a unix socket holds open."""
-    return len(unix_connection_inodes(path))
-
-
-def unix_connection_inodes(path) -> set[str]:
-    """The server side's accepted sockets of a unix socket, which /proc/net/unix lists with the
-    listener's path in state 03 (connected), by inode: the same inode is the same connection."""
-    try:
-        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
-    except OSError:
-        return set()
-    return {fields[6] for line in lines if (fields := line.split()) and len(fields) == 8 and fields[5] == "03" and fields[7] == str(path)}
-
-
 def _open_files(pid: int) -> set[str]:
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
@@ -112,17 +92,6 @@ def _open_files(pid: int) -> set[str]:
         except OSError:
             pass  # closed meanwhile (listdir's own descriptor, when pid is us)
     return links
-
-
-def peak_rss(pid: int) -> int | None:
-    """VmHWM: the most memory the process has ever had resident, in bytes."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def command_line(pid: int) -> str | None:

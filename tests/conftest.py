@@ -5,29 +5,35 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack, port_is_free, ports
+from tests.stack import Stack, port_is_free
 from tests.support.hostile import Target
 
 IN_CI = os.environ.get("CI") == "true"
 
 
-@pytest.fixture(scope="session")
-def shared_stack(tmp_path_factory):
-    """The stack on the default ports (8888, 5001, 9181), started once; tests using it only read
-    or add their own experiments."""
-    wanted = ports(8888, 5001, 9181)
-    busy = [port for port in wanted.values() if not port_is_free(port)]
+def session_stack(state_dir: Path, what: str) -> Iterator[Stack]:
+    """A session fixture's stack: started on its ports once they are seen free, stopped at the end,
+    and its ports free again after it."""
+    stack = Stack(state_dir)
+    busy = [port for port in stack.ports.values() if not port_is_free(port)]
     if busy:
-        pytest.fail(f"ports {busy} are in use; stop whatever holds them (another mlproxy?) before the tests")
-    stack = Stack(tmp_path_factory.mktemp("shared") / "state", **wanted).start()
+        pytest.fail(f"ports {busy} of the {what} are in use; stop whatever holds them")
+    stack.start()
     yield stack
     assert stack.stop() == 0
-    busy = [port for port in wanted.values() if not port_is_free(port)]
-    assert not busy, f"ports {busy} still in use after the shared stack stopped"
+    busy = [port for port in stack.ports.values() if not port_is_free(port)]
+    assert not busy, f"ports {busy} still in use after the {what} stopped"
+
+
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory):
+    """One stack, started once; tests using it only read or add their own experiments."""
+    yield from session_stack(tmp_path_factory.mktemp("shared") / "state", "shared stack")
 
 
 @pytest.fixture(scope="session")
@@ -35,17 +41,11 @@ def hostile_stack():
     """One real stack for the hostile and protocol-fuzz tiers. Its state directory sits in a
     world-traversable directory, so the file-mode cases test the stack's own modes (pytest's tmp
     directories are 0700 and would hide every file anyway)."""
-    wanted = ports(8890, 5003, 9183)
-    busy = [port for port in wanted.values() if not port_is_free(port)]
-    if busy:
-        pytest.fail(f"ports {busy} are in use; stop whatever holds them before the hostile tier")
     parent = Path(tempfile.mkdtemp(prefix="mlproxy-hostile-"))
     parent.chmod(0o755)  # other users may walk in: what they find is the stack's own modes
-    stack = Stack(parent / "state", **wanted).start()
     try:
-        yield stack
+        yield from session_stack(parent / "state", "hostile stack")
     finally:
-        assert stack.stop() == 0
         shutil.rmtree(parent, ignore_errors=True)
 
 

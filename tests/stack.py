@@ -1,9 +1,12 @@
-"""A real mlproxy stack for tests: `mlproxy up` in a subprocess, on its own state dir and ports."""
+"""A real mlproxy stack for tests: `mlproxy up` in a subprocess, on its own state dir and ports
+(from tests/support/ports.py unless the test passes its own)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -13,17 +16,13 @@ from pathlib import Path
 
 import requests
 
-from mlproxy_supervisor.config import Settings, read_resolved
+from mlproxy_supervisor.config import ConfigError, Settings, read_resolved
 from mlproxy_supervisor.rpc import Supervisor
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-# Shifts every port the tests use, so two test runs on one machine do not collide.
-PORT_OFFSET = int(os.environ.get("MLPROXY_TEST_PORT_OFFSET", "0"))
-
-
-def ports(jupyter: int, mlflow: int, metrics: int) -> dict[str, int]:
-    """Test ports, shifted by MLPROXY_TEST_PORT_OFFSET."""
-    return dict(jupyter_port=jupyter + PORT_OFFSET, mlflow_port=mlflow + PORT_OFFSET, metrics_port=metrics + PORT_OFFSET)
+# What `mlproxy up` does first: load_settings() in its environment and working directory.
+LOAD_SETTINGS = "import pickle, sys; from mlproxy_supervisor.config import load_settings; sys.stdout.buffer.write(pickle.dumps(load_settings()))"
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -62,9 +61,12 @@ def processes_under(state_dir: Path) -> list[str]:
 
 
 class Stack:
-    def __init__(self, state_dir: Path, jupyter_port: int, mlflow_port: int, metrics_port: int, env: dict | None = None, config: str | None = None):
+    def __init__(self, state_dir: Path, jupyter_port: int | None = None, mlflow_port: int | None = None, metrics_port: int | None = None,
+                 env: dict | None = None, config: str | None = None):  # fmt: skip
         self.state_dir = Path(state_dir)
-        self.jupyter_port, self.mlflow_port, self.metrics_port = jupyter_port, mlflow_port, metrics_port
+        self.jupyter_port, self.mlflow_port, self.metrics_port = (
+            free_port() if port is None else port for port in (jupyter_port, mlflow_port, metrics_port)
+        )
         self.extra_env = dict(env or {})
         self.config_file = None
         if config is not None:
@@ -138,7 +140,11 @@ class Stack:
 
     def tail(self, lines: int = 40) -> str:
         chunks = []
-        for path in [self.output, *sorted((self.state_dir / "logs").glob("*.log"))]:
+        try:
+            logs = sorted(self.configured.log_dir.glob("*.log"))
+        except ConfigError:  # `up` refused the configuration: it started no program
+            logs = []
+        for path in [self.output, *logs]:
             if path.exists():
                 chunks.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(chunks)
@@ -147,9 +153,25 @@ class Stack:
     def status(self) -> dict:
         return json.loads(self.mlproxy("status", "--json").stdout)
 
+    @functools.cached_property
+    def configured(self) -> Settings:
+        """The stack's configuration as `mlproxy up` resolves it, from the stack's environment and
+        working directory: where its files are, known before it runs (ConfigError if up refuses it)."""
+        result = subprocess.run([sys.executable, "-c", LOAD_SETTINGS], env=self.env, cwd=self.state_dir.parent,
+                                capture_output=True, timeout=120, check=False)  # fmt: skip
+        if result.returncode != 0:
+            raise ConfigError(result.stderr.decode(errors="replace").strip())
+        return pickle.loads(result.stdout)
+
     @property
     def token(self) -> str:
-        return (self.state_dir / "jupyter_token").read_text().strip()
+        return self.configured.jupyter.token_file.read_text().strip()
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The stack's ports, as Stack's keyword arguments: Stack(..., **stack.ports) is another stack
+        on the same ones."""
+        return dict(jupyter_port=self.jupyter_port, mlflow_port=self.mlflow_port, metrics_port=self.metrics_port)
 
     @property
     def base(self) -> str:
@@ -165,17 +187,18 @@ class Stack:
 
     @property
     def supervisor(self) -> Supervisor:
-        return Supervisor(self.state_dir / "run" / "supervisord.sock")
+        return Supervisor(self.configured.socket_path)
 
     @property
     def settings(self) -> Settings:
-        """The running stack's resolved configuration (where MLflow listens: settings.mlflow_socket)."""
-        return read_resolved(self.state_dir / "run" / "resolved.json")
+        """The running stack's resolved configuration, read back from the file `up` wrote."""
+        return read_resolved(self.configured.resolved_file)
 
     @property
-    def mlflow_socket(self) -> Path:
-        """MLflow's unix socket (the default, listen = "socket"); only the stack's user connects to it."""
-        return self.state_dir / "run" / "mlflow.sock"
+    def mlflow_socket(self) -> Path | None:
+        """MLflow's unix socket (the default, listen = "socket"; None with "tcp"); only the stack's
+        user connects to it."""
+        return self.configured.mlflow_socket
 
     def pid(self, name: str) -> int:
         return self.supervisor.processes()[name].pid

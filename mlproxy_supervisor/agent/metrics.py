@@ -67,15 +67,6 @@ class StackCollector:
             yield from families(*latest)
 
 
-def render(memory: Memory, processes: dict[str, ProcessInfo]) -> str:
-    """The text a scrape returns for this view."""
-    collector = StackCollector()
-    collector.latest = (memory, processes)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return generate_latest(registry).decode()
-
-
 class MetricsServer:
     """Serves /metrics on 127.0.0.1; the agent sets `latest` after each step."""
 

@@ -25,10 +25,6 @@ class Notifier:
         self.watchdog_interval = min(int(usec) / 2e6, WATCHDOG_MIN_SPACING) if enabled else None
         self._last_status = None
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def send(self, message: str) -> None:
         if self.address is None:
             return

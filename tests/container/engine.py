@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.ports import free_port
 
 CONTAINERS_CONF = Path(__file__).with_name("containers.conf")
 # Every object this tier creates carries this label plus the pid of the pytest that made it, so a
@@ -51,18 +52,6 @@ def podman(*args: str, check: bool = True, timeout: float = 120, input: str | No
     return result
 
 
-def free_host_port(start: int = 48888, end: int = 49999) -> int:
-    """A free TCP port in 4xxxx (the range this tier may publish on a shared machine)."""
-    for port in range(start, end):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        return port
-    raise EngineError(f"no free port in {start}-{end}")
-
-
 def run_labels() -> list[str]:
     return ["--label", f"{LABEL}=1", "--label", f"{LABEL}.pid={os.getpid()}"]
 
@@ -86,7 +75,7 @@ def remove_leftovers() -> list[str]:
 
 @dataclass
 class Container:
-    """One `podman run -d` of the image, published on a 4xxxx loopback port."""
+    """One `podman run -d` of the image, published on a loopback port of the tests' (free_port)."""
 
     name: str
     image: str
@@ -96,7 +85,7 @@ class Container:
     extra_args: list[str] = field(default_factory=list)
 
     def run(self) -> Container:
-        self.host_port = self.host_port or free_host_port()
+        self.host_port = self.host_port or free_port()
         args = ["run", "--detach", "--name", self.name, *run_labels(),
                 "--publish", f"127.0.0.1:{self.host_port}:8888",
                 "--volume", f"{self.volume}:/var/lib/mlproxy"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack, ports
+from tests.stack import Stack
 from tests.support.faults import KINDS, Faults, Load, run
 
 pytestmark = pytest.mark.faults
@@ -27,7 +27,7 @@ CLIENTS = 3
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("faults") / "state", **ports(19888, 19001, 19181)).start(timeout=300)
+    stack = Stack(tmp_path_factory.mktemp("faults") / "state").start(timeout=300)
     yield stack
     stack.stop()
 
@@ -37,7 +37,7 @@ def rollback_journal_stack(tmp_path_factory):
     """The stack in SQLite's rollback-journal mode (`sqlite_journal_mode = "delete"`, for a database
     on a network filesystem): the mode that leaves a hot journal when a writer dies."""
     config = '[mlflow]\nsqlite_journal_mode = "delete"\n'
-    stack = Stack(tmp_path_factory.mktemp("faults-delete") / "state", **ports(19887, 19007, 19187), config=config).start(timeout=300)
+    stack = Stack(tmp_path_factory.mktemp("faults-delete") / "state", config=config).start(timeout=300)
     yield stack
     stack.stop()
 

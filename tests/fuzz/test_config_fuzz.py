@@ -121,8 +121,8 @@ class Fuzzed:
 
 @pytest.fixture(scope="module")
 def fuzzed():
-    """A scratch directory, with the caller's MLPROXY_* variables (MLPROXY_TEST_PORT_OFFSET, say)
-    out of the environment the in-process loads see."""
+    """A scratch directory, with the caller's MLPROXY_* variables (a developer's MLPROXY_STATE_DIR,
+    say) out of the environment the in-process loads see."""
     outside = {name: value for name, value in os.environ.items() if name.startswith(ENV_PREFIX)}
     for name in outside:
         del os.environ[name]

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.browser.browser import launch, log_in
-from tests.support.hostile import ATTACKER_ORIGIN_PORT, ROUTE_NAMES, mlflow_routes, unique
+from tests.support.hostile import ROUTE_NAMES, mlflow_routes, unique
 
 pytestmark = [pytest.mark.hostile, pytest.mark.browser]
 
@@ -50,9 +50,9 @@ window.attack = async (cases) => {
 
 
 class AttackerSite:
-    """http://127.0.0.1:<another port>/: the page that attacks."""
+    """http://127.0.0.1:<port>/: the page that attacks, on another port (Target.attacker_origin_port)."""
 
-    def __init__(self):
+    def __init__(self, port: int):
         page = f"<!doctype html><title>another site</title><script>{ATTACK}</script>".encode()
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,9 +65,9 @@ class AttackerSite:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", ATTACKER_ORIGIN_PORT), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{ATTACKER_ORIGIN_PORT}/"
+        self.url = f"http://127.0.0.1:{port}/"
 
     def close(self):
         self.server.shutdown()
@@ -105,7 +105,7 @@ def attack(target, playwright, tmp_path_factory):
         cases.append({"id": case_id, "key": (route, endpoint_name, mode), "method": method, "mode": mode,
                       "url": target.origin + url, "body": body})
 
-    site = AttackerSite()
+    site = AttackerSite(target.attacker_origin_port)
     seen: dict[str, list[int]] = {}
     try:
         context = launch(playwright, tmp_path_factory.mktemp("hostile-chromium"))

@@ -15,12 +15,12 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import Stack, ports
+from tests.stack import Stack
+from tests.support.ports import free_port
 from tests.support.postgres import Postgres, binaries
 
 pytestmark = pytest.mark.integration
 
-PORTS = ports(17888, 17001, 17181)
 # Fast liveness so a hang is caught in seconds: period 1 s x 3 failures, 1 s timeout.
 CONFIG = """
 [agent.liveness]
@@ -71,7 +71,7 @@ def notify(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, notify):
     env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "2000000"}
-    stack = Stack(tmp_path_factory.mktemp("agent") / "state", **PORTS, env=env, config=CONFIG).start()
+    stack = Stack(tmp_path_factory.mktemp("agent") / "state", env=env, config=CONFIG).start()
     yield stack
     stack.stop()
 
@@ -225,11 +225,11 @@ def test_metrics_parse_as_prometheus_text(stack):
 
 @pytest.mark.skipif(binaries() is None, reason="PostgreSQL is not installed (apt-get install postgresql)")
 def test_crash_loop_is_reported_with_its_cause_and_recovers_when_fixed(tmp_path):
-    postgres = Postgres(17432 + PORTS["jupyter_port"] - 17888).init()  # not started yet
+    postgres = Postgres(free_port()).init()  # not started yet
     # Stdout mode (systemd, containers): the cause must still reach the status, and every
     # program's output the stack's stdout.
     config = f'log_target = "stdout"\n[mlflow]\nbackend_store_uri = "{postgres.uri}"\n[agent]\nbackoff_initial = 2\nbackoff_max = 4\n'
-    stack = Stack(tmp_path / "state", **ports(16888, 16001, 16181), config=config).start(wait=False)
+    stack = Stack(tmp_path / "state", config=config).start(wait=False)
     try:
         down = stack.wait_for(lambda s: s["services"].get("mlflow", {}).get("state") == "FATAL", timeout=120, what="MLflow FATAL")
         assert down["overall"] == "down"

@@ -14,8 +14,8 @@ import uuid
 import pytest
 import requests
 
-from mlproxy_supervisor import procfs
-from tests.stack import Stack, ports
+from tests.stack import Stack
+from tests.support import procfs
 from tests.support.mlflow_client import run_client
 
 pytestmark = pytest.mark.integration
@@ -239,7 +239,7 @@ failure_threshold = 100  # the agent must not replace the MLflow this module sto
 
 @pytest.fixture(scope="module")
 def faults_stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("artifact-faults") / "state", **ports(14888, 14001, 14181), config=FAULTS_CONFIG).start()
+    stack = Stack(tmp_path_factory.mktemp("artifact-faults") / "state", config=FAULTS_CONFIG).start()
     yield stack
     stack.stop()
 

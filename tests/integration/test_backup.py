@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.stack import Stack, ports
+from tests.stack import Stack
 from tests.support.faults import Load
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,7 @@ def _identity(stack: Stack) -> list[tuple[str, int]]:
 
 
 def test_backup_mid_load_restores_every_write_acknowledged_before_it(tmp_path):
-    stack = Stack(tmp_path / "state", **ports(20888, 20001, 20181)).start(timeout=300)
+    stack = Stack(tmp_path / "state").start(timeout=300)
     backup_dir = tmp_path / "backup"
     load = Load(stack, tmp_path, clients=2, seed=7)
     try:

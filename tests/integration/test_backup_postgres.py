@@ -12,8 +12,9 @@ import uuid
 import pytest
 
 from mlproxy_supervisor.credentials import write_private
-from tests.stack import PORT_OFFSET, Stack, ports
+from tests.stack import Stack
 from tests.support.faults import Load
+from tests.support.ports import free_port
 from tests.support.postgres import Postgres, binaries
 
 pytestmark = [
@@ -24,12 +25,12 @@ pytestmark = [
 
 def test_postgres_backup_mid_load_restores_every_write_acknowledged_before_it(tmp_path):
     password = f"pg:pass\\{uuid.uuid4().hex}"  # ':' and '\\' need escaping in a password file
-    postgres = Postgres(20432 + PORT_OFFSET, password=password).init()
+    postgres = Postgres(free_port(), password=password).init()
     postgres.start()
     secrets = tmp_path / "store-secrets"
     write_private(secrets, f"PGPASSWORD={password}\n")
     config = f'[mlflow]\nbackend_store_uri = "{postgres.uri}"\ncredentials_file = "{secrets}"\n'
-    stack = Stack(tmp_path / "state", **ports(20889, 20002, 20182), config=config)
+    stack = Stack(tmp_path / "state", config=config)
     backup_dir = tmp_path / "backup"
     try:
         stack.start(timeout=300)

@@ -13,17 +13,14 @@ from pathlib import Path
 import pytest
 
 from mlproxy_supervisor.exits import EXIT_CONFIG
-from tests.stack import ROOT, Stack, port_is_free, ports, processes_under
+from tests.stack import ROOT, Stack, port_is_free, processes_under
 
 pytestmark = pytest.mark.integration
-
-PORTS = ports(28888, 25001, 29181)
-
 
 def _nothing_started(stack: Stack) -> None:
     assert not (stack.state_dir / "run" / "supervisord.sock").exists()
     assert not processes_under(stack.state_dir)
-    assert all(port_is_free(port) for port in PORTS.values())
+    assert all(port_is_free(port) for port in stack.ports.values())
 
 
 def _up(stack: Stack, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -31,7 +28,7 @@ def _up(stack: Stack, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_malformed_config_names_the_line(tmp_path):
-    stack = Stack(tmp_path / "state", **PORTS, config='[mlflow]\nport = "5001\n')
+    stack = Stack(tmp_path / "state", config='[mlflow]\nport = "5001\n')
     result = _up(stack)
     assert result.returncode == 2
     assert "not valid TOML" in result.stderr and "line 2" in result.stderr
@@ -39,7 +36,7 @@ def test_malformed_config_names_the_line(tmp_path):
 
 
 def test_unknown_key_is_an_error(tmp_path):
-    stack = Stack(tmp_path / "state", **PORTS, config="[mlflow]\nworkerz = 2\n")
+    stack = Stack(tmp_path / "state", config="[mlflow]\nworkerz = 2\n")
     for command in (("up",), ("config", "check")):
         result = stack.mlproxy(*command)
         assert result.returncode == 2
@@ -48,33 +45,33 @@ def test_unknown_key_is_an_error(tmp_path):
 
 
 def test_unknown_environment_variable_is_an_error(tmp_path):
-    stack = Stack(tmp_path / "state", **PORTS, env={"MLPROXY_MLFLOW__WORKER": "2"})
+    stack = Stack(tmp_path / "state", env={"MLPROXY_MLFLOW__WORKER": "2"})
     result = stack.mlproxy("config", "check")
     assert result.returncode == 2 and "MLPROXY_MLFLOW__WORKER" in result.stderr
 
 
 def test_mlflow_beyond_loopback_is_refused(tmp_path):
-    stack = Stack(tmp_path / "state", **PORTS, config='[mlflow]\nhost = "0.0.0.0"\n')
+    stack = Stack(tmp_path / "state", config='[mlflow]\nhost = "0.0.0.0"\n')
     result = stack.mlproxy("config", "check")
     assert result.returncode == 2 and "loopback only" in result.stderr
 
 
 def test_config_show_masks_passwords(tmp_path):
-    stack = Stack(tmp_path / "state", **PORTS, config='[mlflow]\nbackend_store_uri = "postgresql://ml:s3cret@db.internal/mlflow"\n')
+    stack = Stack(tmp_path / "state", config='[mlflow]\nbackend_store_uri = "postgresql://ml:s3cret@db.internal/mlflow"\n')
     result = stack.mlproxy("config", "show")
     assert result.returncode == 0, result.stderr
     assert "s3cret" not in result.stdout and "postgresql://ml:***@db.internal/mlflow" in result.stdout
 
 
 def test_port_in_use_is_named(tmp_path):
-    stack = Stack(tmp_path / "state", **PORTS)
+    stack = Stack(tmp_path / "state")
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # earlier tests' TIME_WAITs
-        squatter.bind(("127.0.0.1", PORTS["jupyter_port"]))
+        squatter.bind(("127.0.0.1", stack.jupyter_port))
         squatter.listen()
         result = _up(stack)
     assert result.returncode == 1  # may pass by itself (a process ending): worth systemd's retry
-    assert f"port {PORTS['jupyter_port']} (jupyter.port)" in result.stderr
+    assert f"port {stack.jupyter_port} (jupyter.port)" in result.stderr
     assert f"pid {os.getpid()}" in result.stderr, "the message should say who holds the port"
     assert "{" not in result.stderr and "Traceback" not in result.stderr, result.stderr  # no Python dict, no traceback
     assert not (stack.state_dir / "run" / "supervisord.sock").exists()
@@ -100,7 +97,7 @@ def unwritable_directory(tmp_path):
 
 
 def test_unwritable_state_directory(unwritable_directory):
-    stack = Stack(unwritable_directory, **PORTS)
+    stack = Stack(unwritable_directory)
     result = _up(stack)
     assert result.returncode == EXIT_CONFIG, result.stderr  # a person must act: systemd does not retry
     assert f"state_dir {unwritable_directory} is not writable" in result.stderr and "fix:" in result.stderr
@@ -112,7 +109,7 @@ def test_unwritable_state_directory(unwritable_directory):
 
 
 def test_missing_database_driver(tmp_path):
-    stack = Stack(tmp_path / "state", **PORTS, config='[mlflow]\nbackend_store_uri = "mysql://ml@db.internal/mlflow"\n')
+    stack = Stack(tmp_path / "state", config='[mlflow]\nbackend_store_uri = "mysql://ml@db.internal/mlflow"\n')
     result = _up(stack)
     assert result.returncode == EXIT_CONFIG
     assert "database driver MySQLdb, which is not installed" in result.stderr and "pip install mysqlclient" in result.stderr
@@ -139,7 +136,7 @@ def old_database(tmp_path) -> Path:
 
 def test_old_schema_is_refused_with_the_upgrade_command(old_database):
     before = _digest(old_database)
-    stack = Stack(old_database.parent, **PORTS)
+    stack = Stack(old_database.parent)
     result = _up(stack)
     assert result.returncode == EXIT_CONFIG
     assert "out-of-date schema" in result.stderr and "mlflow db upgrade sqlite:///" in result.stderr
@@ -150,7 +147,7 @@ def test_old_schema_is_refused_with_the_upgrade_command(old_database):
 
 def test_old_schema_is_backed_up_and_upgraded_when_allowed(old_database):
     before = _dump(old_database)
-    stack = Stack(old_database.parent, **PORTS, config='[mlflow]\nschema_upgrade = "backup-and-upgrade"\n')
+    stack = Stack(old_database.parent, config='[mlflow]\nschema_upgrade = "backup-and-upgrade"\n')
     stack.start(timeout=240)
     try:
         backups = list(old_database.parent.glob("mlflow.db.*.bak"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import textwrap
 import uuid
@@ -11,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from tornado.websocket import websocket_connect
 
+from tests.support.kernel_client import execute
 from tests.support.mlflow_client import run_client
 
 pytestmark = pytest.mark.integration
@@ -72,33 +71,6 @@ NOTEBOOK_CELL = textwrap.dedent(
 )
 
 
-async def _execute(stack, kernel_id: str, code: str, timeout: float = 120) -> tuple[str, str]:
-    """Run code in a kernel over Jupyter's websocket API; return (status, stdout)."""
-    ws_url = stack.base.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels"
-    from tornado.httpclient import HTTPRequest
-
-    connection = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {stack.token}"}))
-    msg_id = uuid.uuid4().hex
-    connection.write_message(json.dumps({
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex, "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False},
-    }))
-    stdout, status = [], None
-    while status is None:
-        message = json.loads(await asyncio.wait_for(connection.read_message(), timeout))
-        if message.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        if message["msg_type"] == "stream":
-            stdout.append(message["content"]["text"])
-        elif message["msg_type"] == "error":
-            stdout.append("\n".join(message["content"]["traceback"]))
-        elif message["msg_type"] == "execute_reply":
-            status = message["content"]["status"]
-    connection.close()
-    return status, "".join(stdout)
-
-
 def test_notebook_kernel_logs_to_the_managed_mlflow_without_setup(shared_stack):
     session = shared_stack.session()
     experiment = f"notebook-{uuid.uuid4().hex[:6]}"
@@ -119,7 +91,7 @@ def test_notebook_kernel_logs_to_the_managed_mlflow_without_setup(shared_stack):
         code = "".join(saved["content"]["cells"][0]["source"])
         # In a thread of its own: an earlier test (Playwright's sync API) may own this thread's loop.
         with ThreadPoolExecutor(1) as thread:
-            status, output = thread.submit(asyncio.run, _execute(shared_stack, kernel_id, code)).result()
+            status, output = thread.submit(asyncio.run, execute(shared_stack.base, shared_stack.token, kernel_id, code, store_history=True)).result()
     finally:
         session.delete(shared_stack.url(f"api/sessions/{opened.json()['id']}"), timeout=30)
     assert status == "ok", output

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from mlproxy_supervisor.store import sqlite
-from tests.stack import Stack, ports
+from tests.stack import Stack
 from tests.support.mlflow_client import run_client
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ def small_filesystem(tmp_path):
 def test_a_full_disk_is_reported_refused_clearly_and_recovered_from(small_filesystem, tmp_path):
     database = small_filesystem / "mlflow.db"
     config = f'[mlflow]\nbackend_store_uri = "sqlite:///{database}"\nartifacts_destination = "{small_filesystem}/artifacts"\n'
-    stack = Stack(tmp_path / "state", **ports(21888, 21001, 21181), config=config).start(timeout=300)
+    stack = Stack(tmp_path / "state", config=config).start(timeout=300)
 
     def client(*args: str) -> dict:
         return run_client(CLIENT, stack.base, stack.token, *args, timeout=300)

@@ -13,7 +13,8 @@ import requests
 
 from mlproxy_supervisor import credentials, doctor, launch
 from mlproxy_supervisor.config import Settings
-from tests.stack import Stack, ports
+from tests.stack import Stack
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +28,8 @@ def test_healthy_stack_passes(shared_stack):
 def test_stopped_stack_with_a_port_conflict_and_a_bad_config(tmp_path):
     # MLflow on TCP (listen = "tcp"): its port must be free. On its unix socket (the default), the
     # port only names the route /proxy/<port>/, and a process holding it is no conflict.
-    stack = Stack(tmp_path / "state", **ports(27888, 27001, 27181), env={"MLPROXY_MLFLOW__LISTEN": "tcp"})
-    on_socket = Stack(tmp_path / "socket", **ports(27888, 27001, 27181))
+    stack = Stack(tmp_path / "state", env={"MLPROXY_MLFLOW__LISTEN": "tcp"})
+    on_socket = Stack(tmp_path / "socket", **stack.ports)
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", stack.mlflow_port))
@@ -39,7 +40,7 @@ def test_stopped_stack_with_a_port_conflict_and_a_bad_config(tmp_path):
     assert "stack running" in result.stdout and "mlproxy up" in result.stdout
     assert f"port {stack.mlflow_port} (mlflow.port)" in result.stdout and "fix:" in result.stdout
     assert "mlflow.port" not in socket_result.stdout and "ports free" in socket_result.stdout, socket_result.stdout
-    broken = Stack(tmp_path / "other", **ports(27888, 27001, 27181), config="[jupyter]\nprot = 1\n")
+    broken = Stack(tmp_path / "other", config="[jupyter]\nprot = 1\n")
     result = broken.mlproxy("doctor")
     assert result.returncode == 1 and "jupyter.prot: unknown key" in result.stdout
 
@@ -49,7 +50,7 @@ def test_an_unreachable_database_is_named(tmp_path):
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
         uri = f"postgresql+psycopg://ml:s3cret@127.0.0.1:{port}/mlflow"
-        stack = Stack(tmp_path / "state", **ports(27888, 27001, 27181), config=f'[mlflow]\nbackend_store_uri = "{uri}"\n')
+        stack = Stack(tmp_path / "state", config=f'[mlflow]\nbackend_store_uri = "{uri}"\n')
         result = stack.mlproxy("doctor")
     assert result.returncode == 1
     line = next(line for line in result.stdout.splitlines() if "MLflow's database" in line)
@@ -62,9 +63,8 @@ def test_an_unreachable_database_is_named(tmp_path):
 def bare_servers(tmp_path):
     """MLflow and Jupyter started by hand, the way people wire them without mlproxy; the test
     chooses which Jupyter extensions are enabled."""
-    bare_ports = ports(26888, 26001, 0)
     # On TCP, as such setups are: the extension finds MLflow's address from the same configuration.
-    settings = Settings(state_dir=tmp_path, jupyter={"port": bare_ports["jupyter_port"]}, mlflow={"port": bare_ports["mlflow_port"], "listen": "tcp"},
+    settings = Settings(state_dir=tmp_path, jupyter={"port": free_port()}, mlflow={"port": free_port(), "listen": "tcp"},
                         agent={"metrics_port": 0})  # fmt: skip
     settings.runtime_dir.mkdir(parents=True)
     settings.jupyter.root_dir.mkdir()
@@ -73,7 +73,7 @@ def bare_servers(tmp_path):
     started = []
 
     def start(*extra_jupyter_args: str):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLPROXY_")}  # e.g. MLPROXY_TEST_*
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLPROXY_")}  # the shell's own, if any
         env.update(MLPROXY_STATE_DIR=str(tmp_path), MLPROXY_MLFLOW__PORT=str(settings.mlflow.port), MLPROXY_MLFLOW__LISTEN="tcp")
         for argv, extra in (launch.mlflow_command(settings), launch.jupyter_command(settings)):
             if "notebook" in argv:

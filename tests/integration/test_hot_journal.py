@@ -13,7 +13,7 @@ from contextlib import closing
 import pytest
 
 from mlproxy_supervisor.store import schema, sqlite
-from tests.stack import Stack, ports
+from tests.stack import Stack
 from tests.support.hot_journal import journal_of, leave_hot_journal
 from tests.support.mlflow_client import run_client
 
@@ -75,7 +75,7 @@ def test_every_read_after_a_crash_rolls_the_journal_back(crashed_store, tmp_path
 def test_the_stack_starts_on_a_crashed_store_with_committed_data_intact(crashed_store, tmp_path):
     database, run = crashed_store
     config = f'[mlflow]\nbackend_store_uri = "sqlite:///{database}"\n'
-    stack = Stack(tmp_path / "state", **ports(18888, 18001, 18181), config=config).start(timeout=300)
+    stack = Stack(tmp_path / "state", config=config).start(timeout=300)
     try:
         assert stack.mlproxy("doctor").returncode == 0
         found = run_client(READ_BACK, stack.base, stack.token, run, timeout=300)

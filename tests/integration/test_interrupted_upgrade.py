@@ -14,7 +14,7 @@ from contextlib import closing
 import pytest
 
 from mlproxy_supervisor.store import schema
-from tests.stack import ROOT, Stack, ports
+from tests.stack import ROOT, Stack
 from tests.support.faults import _descendants, _signal
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def test_an_upgrade_killed_midway_leaves_the_backup_and_says_how_to_restore_it(t
     database = state / "mlflow.db"
     subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "make_old_database.py"), str(database), "40"], check=True, capture_output=True)
     before = _dump(database)
-    stack = Stack(state, **ports(22888, 22001, 22181), config='[mlflow]\nschema_upgrade = "backup-and-upgrade"\n')
+    stack = Stack(state, config='[mlflow]\nschema_upgrade = "backup-and-upgrade"\n')
     stack.start(wait=False)
     marker = schema.upgrade_marker(database)
     deadline = time.monotonic() + 240

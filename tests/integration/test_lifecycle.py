@@ -10,16 +10,13 @@ import uuid
 
 import pytest
 
-from tests.stack import Stack, cmdlines, port_is_free, ports, processes_under
+from tests.stack import Stack, cmdlines, port_is_free, processes_under
 
 pytestmark = pytest.mark.integration
 
-PORTS = ports(18888, 15001, 19181)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("lifecycle") / "state", **PORTS).start()
+    stack = Stack(tmp_path_factory.mktemp("lifecycle") / "state").start()
     yield stack
     stack.stop()
 
@@ -47,7 +44,7 @@ def _log_run(stack) -> str:
 def _stopped_cleanly(stack, code: int) -> None:
     assert code == 0, stack.tail()
     assert not processes_under(stack.state_dir), processes_under(stack.state_dir)
-    for port in PORTS.values():
+    for port in stack.ports.values():
         assert port_is_free(port), f"port {port} still taken after stop"
     log = (stack.state_dir / "logs" / "supervisord.log").read_text()
     last_run = log[log.rindex("supervisord started") :]
@@ -78,7 +75,7 @@ def test_mlflow_and_agent_start_without_waiting_for_supervisords_first_poll(tmp_
     # supervisord spawns autostart programs after its first poll, which waits a full second
     # unless a request wakes it; `up` wakes it at once. Nothing here touches the socket
     # (`mlproxy status` would wake supervisord and hide the delay).
-    stack = Stack(tmp_path / "state", **ports(18878, 15011, 19171)).start(wait=False)
+    stack = Stack(tmp_path / "state").start(wait=False)
     log = stack.state_dir / "logs" / "supervisord.log"
     try:
         deadline = time.monotonic() + 60

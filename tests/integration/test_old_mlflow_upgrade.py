@@ -20,14 +20,13 @@ import pytest
 import requests
 
 from mlproxy_supervisor.exits import EXIT_CONFIG
-from tests.stack import PORT_OFFSET, ROOT, Stack, port_is_free, ports, processes_under
+from tests.stack import ROOT, Stack, port_is_free, processes_under
 from tests.support import old_mlflow
 from tests.support.mlflow_client import run_client
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-PORTS = ports(13888, 13001, 13181)
-OLD_SERVER_PORT = 33002 + PORT_OFFSET
 OLD_CLIENT = ROOT / "tests" / "support" / "old_mlflow_client.py"
 
 
@@ -40,12 +39,12 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _wait_for_old_server(server: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+def _wait_for_old_server(server: subprocess.Popen, port: int, log: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert server.poll() is None, f"the old mlflow server exited {server.returncode}:\n{log.read_text()[-3000:]}"
         try:
-            if requests.get(f"http://127.0.0.1:{OLD_SERVER_PORT}/health", timeout=5).status_code == 200:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
                 return
         except requests.ConnectionError:
             pass
@@ -64,18 +63,19 @@ def old_state(tmp_path_factory) -> tuple[Path, dict]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLPROXY_"))}
     environment["PATH"] = f"{venv / 'bin'}:{environment['PATH']}"  # its server execs its own gunicorn
     log = base / "old-server.log"
-    assert port_is_free(OLD_SERVER_PORT), f"port {OLD_SERVER_PORT} is taken"
+    port = free_port()
+    assert port_is_free(port), f"port {port} is taken"
     with open(log, "w") as output:
         server = subprocess.Popen(
-            [str(venv / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(OLD_SERVER_PORT), "--workers", "1",
+            [str(venv / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
              "--serve-artifacts", "--artifacts-destination", str(state / "artifacts")],
             env=environment, cwd=base, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        _wait_for_old_server(server, log)
+        _wait_for_old_server(server, port, log)
         result = subprocess.run(
-            [str(venv / "bin" / "python"), str(OLD_CLIENT), f"http://127.0.0.1:{OLD_SERVER_PORT}", str(base / "scratch")],
+            [str(venv / "bin" / "python"), str(OLD_CLIENT), f"http://127.0.0.1:{port}", str(base / "scratch")],
             env=environment, check=False, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
@@ -95,21 +95,21 @@ def _copy(old_state, tmp_path) -> Path:
 def test_a_database_of_an_older_mlflow_is_refused_without_schema_upgrade(old_state, tmp_path):
     state = _copy(old_state, tmp_path)
     before = _digest(state / "mlflow.db")
-    stack = Stack(state, **PORTS)
+    stack = Stack(state)
     result = stack.mlproxy("up", timeout=120)
     assert result.returncode == EXIT_CONFIG, result.stderr  # a person must act: systemd does not retry
     assert "out-of-date schema" in result.stderr and "mlflow db upgrade sqlite:///" in result.stderr, result.stderr
     assert 'schema_upgrade = "backup-and-upgrade"' in result.stderr
     assert _digest(state / "mlflow.db") == before, "a refused start changed the database"
     assert not list(state.glob("mlflow.db.*.bak")) and not processes_under(state)
-    assert all(port_is_free(port) for port in PORTS.values())
+    assert all(port_is_free(port) for port in stack.ports.values())
 
 
 def test_a_database_of_an_older_mlflow_is_backed_up_upgraded_and_every_write_readable(old_state, tmp_path):
     state = _copy(old_state, tmp_path)
     logged = old_state[1]
     before = _dump(state / "mlflow.db")
-    stack = Stack(state, **PORTS, config='[mlflow]\nschema_upgrade = "backup-and-upgrade"\n')
+    stack = Stack(state, config='[mlflow]\nschema_upgrade = "backup-and-upgrade"\n')
     stack.start(timeout=300)
     try:
         backups = list(state.glob("mlflow.db.*.bak"))

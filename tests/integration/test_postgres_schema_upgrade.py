@@ -14,7 +14,8 @@ import pytest
 
 from mlproxy_supervisor.exits import EXIT_CONFIG
 from mlproxy_supervisor.store.postgres import SCHEMA_LOCK
-from tests.stack import PORT_OFFSET, ROOT, Stack, ports
+from tests.stack import ROOT, Stack
+from tests.support.ports import free_port
 from tests.support.postgres import Postgres, binaries
 
 pytestmark = [
@@ -22,15 +23,13 @@ pytestmark = [
     pytest.mark.skipif(binaries() is None, reason="PostgreSQL is not installed (apt-get install postgresql)"),
 ]
 
-# Below the kernel's ephemeral range (32768-60999): no client socket can hold these ports.
-HOST_A, HOST_B = ports(23888, 23001, 23181), ports(23889, 23002, 23182)
 STEPS_BEHIND = 20  # migrations behind MLflow's head
 WAITING = "waiting for another mlproxy host to finish with the schema"
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    server = Postgres(23432 + PORT_OFFSET).init()
+    server = Postgres(free_port()).init()
     server.start()
     yield server
     server.stop()
@@ -58,7 +57,7 @@ def experiment_names(stack: Stack) -> set[str]:
 def test_two_hosts_upgrading_one_old_schema_at_once_take_turns(postgres, tmp_path):
     uri, old = old_database(postgres, "upgraded_together")
     config = f'[mlflow]\nbackend_store_uri = "{uri}"\nschema_upgrade = "backup-and-upgrade"\n'
-    hosts = [Stack(tmp_path / name, **host, config=config) for name, host in (("a", HOST_A), ("b", HOST_B))]
+    hosts = [Stack(tmp_path / name, config=config) for name in ("a", "b")]
     # A third party holds the lock first, so both hosts surely meet it: they wait, touching nothing.
     holder = psycopg.connect(uri, autocommit=True)
     holder.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
@@ -92,7 +91,7 @@ def test_two_hosts_upgrading_one_old_schema_at_once_take_turns(postgres, tmp_pat
 
 def test_an_old_schema_is_refused_by_default_and_left_untouched(postgres, tmp_path):
     uri, old = old_database(postgres, "refused")
-    stack = Stack(tmp_path / "state", **HOST_A, config=f'[mlflow]\nbackend_store_uri = "{uri}"\n')
+    stack = Stack(tmp_path / "state", config=f'[mlflow]\nbackend_store_uri = "{uri}"\n')
     result = stack.mlproxy("up", timeout=120)
     assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
     message = result.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.stack import Stack, ports
+from tests.stack import Stack
 from tests.support.direct import DirectMLflow
 
 pytestmark = pytest.mark.integration
@@ -170,13 +170,14 @@ def loopback_listeners(port: int) -> set[str]:
 
 def test_mlflow_listens_on_its_socket_not_on_tcp(shared_stack):
     assert loopback_listeners(shared_stack.mlflow_port) == set(), "MLflow's port has a TCP listener"
-    assert shared_stack.settings.mlflow_socket == shared_stack.mlflow_socket and shared_stack.mlflow_socket.is_socket()
+    assert shared_stack.settings.mlflow_socket == shared_stack.mlflow_socket == shared_stack.state_dir / "run" / "mlflow.sock"
+    assert shared_stack.mlflow_socket.is_socket()
     assert DirectMLflow(shared_stack.mlflow_socket).get("/health").content == b"OK"
 
 
 @pytest.fixture(scope="module")
 def tcp_stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("tcp") / "state", **ports(28988, 28011, 28191), env={"MLPROXY_MLFLOW__LISTEN": "tcp"}).start()
+    stack = Stack(tmp_path_factory.mktemp("tcp") / "state", env={"MLPROXY_MLFLOW__LISTEN": "tcp"}).start()
     yield stack
     assert stack.stop() == 0
 
@@ -184,7 +185,7 @@ def tcp_stack(tmp_path_factory):
 def test_listen_tcp_puts_mlflow_on_loopback_only_and_the_routes_still_work(tcp_stack):
     # The old behaviour, kept as a setting: MLflow on 127.0.0.1:<port>, where any local user or page reaches it.
     assert loopback_listeners(tcp_stack.mlflow_port) == {"0100007F"}, "expected 127.0.0.1 only"
-    assert not tcp_stack.mlflow_socket.exists()
+    assert tcp_stack.mlflow_socket is None and not (tcp_stack.state_dir / "run" / "mlflow.sock").exists()
     assert requests.get(f"http://127.0.0.1:{tcp_stack.mlflow_port}/health", timeout=30).text == "OK"
     session = tcp_stack.session()
     for route in ("mlflow", f"proxy/{tcp_stack.mlflow_port}"):

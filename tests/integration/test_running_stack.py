@@ -11,18 +11,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.stack import Stack, ports
+from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
-
-PORTS = ports(24888, 24001, 24181)
-
 
 @pytest.fixture(scope="module")
 def relative_stack(tmp_path_factory):
     """A stack started with a relative state_dir, from the directory that holds it."""
     base = tmp_path_factory.mktemp("rel")
-    stack = Stack(base / "reldata", **PORTS, env={"MLPROXY_STATE_DIR": "reldata"})
+    stack = Stack(base / "reldata", env={"MLPROXY_STATE_DIR": "reldata"})
     stack.start(timeout=240)
     yield stack
     assert stack.stop() == 0

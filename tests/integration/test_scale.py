@@ -16,8 +16,9 @@ import pytest
 
 from mlproxy_supervisor.credentials import write_private
 from tests.integration.test_clients import BIG_ARTIFACT
-from tests.stack import PORT_OFFSET, Stack, cmdlines, ports
+from tests.stack import Stack, cmdlines
 from tests.support.mlflow_client import run_client
+from tests.support.ports import free_port
 from tests.support.postgres import Postgres, binaries
 from tests.support.s3 import S3Server
 
@@ -25,9 +26,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(binaries() is None, reason="PostgreSQL is not installed (apt-get install postgresql)"),
 ]
-
-HOST_A, HOST_B = ports(31888, 31001, 31181), ports(31889, 31002, 31182)
-
 
 def host_config(postgres: Postgres, s3: S3Server, credentials_file: str | None = None) -> str:
     lines = [
@@ -44,9 +42,9 @@ def host_config(postgres: Postgres, s3: S3Server, credentials_file: str | None =
 
 @pytest.fixture(scope="module")
 def stores():
-    postgres = Postgres(31432 + PORT_OFFSET).init()
+    postgres = Postgres(free_port()).init()
     postgres.start()
-    s3 = S3Server(31900 + PORT_OFFSET).start()
+    s3 = S3Server(free_port(span=S3Server.PORTS)).start()
     yield postgres, s3
     s3.close()
     postgres.stop()
@@ -59,8 +57,8 @@ def hosts(stores, tmp_path_factory):
     root = tmp_path_factory.mktemp("hosts")
     secrets = root / "a-secrets"
     write_private(secrets, "".join(f"{name}={value}\n" for name, value in s3.environment.items() if name.startswith("AWS_") and "REGION" not in name))
-    a = Stack(root / "a", **HOST_A, config=host_config(postgres, s3, str(secrets)), env={"AWS_DEFAULT_REGION": "us-east-1"})
-    b = Stack(root / "b", **HOST_B, config=host_config(postgres, s3), env=s3.environment)
+    a = Stack(root / "a", config=host_config(postgres, s3, str(secrets)), env={"AWS_DEFAULT_REGION": "us-east-1"})
+    b = Stack(root / "b", config=host_config(postgres, s3), env=s3.environment)
     # Both at once, against one new database: one creates the schema, the other must cope.
     a.start(wait=False)
     b.start(wait=False)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlproxy_supervisor import procfs
+from mlproxy_supervisor.status_document import StatusDocument
 from tests.stack import ROOT, Stack
 
 KINDS = (
@@ -37,24 +38,28 @@ class Outcome:
     detail: str = ""
 
 
-def _status(stack: Stack) -> dict:
-    try:
-        return json.loads((stack.state_dir / "run" / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
+def _status(stack: Stack) -> StatusDocument | None:
+    return StatusDocument.read(stack.configured.status_file)
+
+
+def _ready(stack: Stack) -> bool:
+    status = _status(stack)
+    return status is not None and status.overall == "ready"
 
 
 def _service_pid(stack: Stack, name: str) -> int:
     status = _status(stack)
+    if status is None:
+        return 0
     if name == "agent":
-        return status.get("agent_pid") or 0
+        return status.agent_pid or 0
     if name == "supervisord":
-        return status.get("supervisord", {}).get("pid") or 0
-    return status.get("services", {}).get(name, {}).get("pid") or 0
+        return (status.supervisord.pid if status.supervisord else None) or 0
+    return status.services[name].pid if name in status.services else 0
 
 
-def _updated(status: dict) -> float:
-    text = status.get("updated")
+def _updated(status: StatusDocument) -> float:
+    text = status.updated
     return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + text[19:-1]) if text else 0.0
 
 
@@ -102,13 +107,13 @@ class Faults:
         """READY in a status document written after `since`, with each service in `changed`
         running as a process other than the one the fault hit."""
         status = _status(self.stack)
-        if status.get("overall") != "ready" or _updated(status) <= since:
+        if status is None or status.overall != "ready" or _updated(status) <= since:
             return False
         return all(_service_pid(self.stack, name) not in (0, pid) for name, pid in changed.items())
 
     def inject(self, kind: str) -> Outcome:
         stack = self.stack
-        assert _wait(lambda: _status(stack).get("overall") == "ready", RECOVERY_TIMEOUT), "not ready before a fault"
+        assert _wait(lambda: _ready(stack), RECOVERY_TIMEOUT), "not ready before a fault"
         started = time.time()
         changed: dict[str, int] = {}
         detail = ""

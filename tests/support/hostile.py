@@ -13,10 +13,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.stack import PORT_OFFSET, Stack
+from tests.stack import Stack
 from tests.support.direct import DirectMLflow
-
-ATTACKER_ORIGIN_PORT = 9999 + PORT_OFFSET  # another local origin, only ever named in Origin headers
+from tests.support.ports import free_port
 
 
 @dataclass
@@ -38,8 +37,10 @@ class Target:
     def __init__(self, stack: Stack):
         self.stack = stack
         self.token = stack.token
+        # Another local origin: named in Origin headers, and where the attacking page is served.
+        self.attacker_origin_port = free_port()
         self.mlflow = DirectMLflow(stack.mlflow_socket)
-        self.mlflow_log = stack.state_dir / "logs" / "mlflow.log"
+        self.mlflow_log = stack.configured.log_dir / "mlflow.log"
         self.experiment_id = self.create_experiment(f"hostile-base-{uuid.uuid4().hex[:6]}")
         run = self.mlflow.post("/api/2.0/mlflow/runs/create", json={"experiment_id": self.experiment_id})
         run.raise_for_status()
@@ -85,7 +86,7 @@ class Target:
 
     @property
     def jupyter_log(self) -> Path:
-        return self.stack.state_dir / "logs" / "jupyter.log"
+        return self.stack.configured.log_dir / "jupyter.log"
 
     def victim_is_answered_right(self) -> bool:
         """Another client's ordinary request through the route, on a connection of its own: does it
@@ -120,7 +121,7 @@ class Target:
 
     @property
     def attacker_origin(self) -> str:
-        return f"http://127.0.0.1:{ATTACKER_ORIGIN_PORT}"
+        return f"http://127.0.0.1:{self.attacker_origin_port}"
 
 
 def unique(prefix: str) -> str:

@@ -21,11 +21,9 @@ import fcntl
 import json
 import os
 import pwd
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +34,9 @@ from pathlib import Path
 import requests
 import websocket
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.stack import ROOT, port_is_free
+from tests.support.ports import free_port
+
 VENV_BIN = Path(sys.prefix) / "bin"
 SINGLEUSER = VENV_BIN / "jupyterhub-singleuser"
 JUPYTERHUB = VENV_BIN / "jupyterhub"
@@ -52,38 +52,6 @@ SERVICE_SCOPES = ["admin:users", "admin:servers", "tokens", "read:hub", "proxy"]
 # Serialises password changes and logins between harnesses on this machine: the users are shared,
 # so one harness's new password must not land between another's chpasswd and its login POST.
 USERS_LOCK = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp") / "mlproxy-team-users.lock"
-
-# --- ports ------------------------------------------------------------------------------
-# Below the kernel's ephemeral range (32768+), so no outgoing connection holds them by chance,
-# and none of the other test stacks' fixed ports.
-PORT_RANGE = range(20000, 32768)
-OTHER_STACKS_PORTS = {8888, 5001, 9181, 8890, 5003, 9183}
-_handed_out: set[int] = set()
-
-
-def port_is_bindable(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def allocate_ports(count: int) -> list[int]:
-    """`count` distinct ports that are bindable now; never the same port twice in this process.
-    Random, so that two test runs on the machine rarely even try the same one."""
-    chosen: list[int] = []
-    for candidate in random.sample(PORT_RANGE, len(PORT_RANGE)):
-        if candidate in OTHER_STACKS_PORTS or candidate in _handed_out or not port_is_bindable(candidate):
-            continue
-        chosen.append(candidate)
-        _handed_out.add(candidate)
-        if len(chosen) == count:
-            return chosen
-    raise RuntimeError(f"no {count} free ports in {PORT_RANGE}")
-
 
 # --- what the tier needs ------------------------------------------------------------------
 SETUP_HINT = (
@@ -277,7 +245,7 @@ class Hub:
         self.users = tuple(users)
         self.extra_config, self.extra_env = extra_config, dict(env or {})
         self.directory = Path(tempfile.mkdtemp(prefix="mlproxy-hub-"))  # 0700: config holds the service token
-        self.public_port, self.proxy_api_port, self.hub_port = allocate_ports(3)
+        self.public_port, self.proxy_api_port, self.hub_port = free_port(), free_port(), free_port()
         self.proxy_token, self.service_token = secrets.token_hex(32), secrets.token_hex(32)
         self.config_file = self.directory / "jupyterhub_config.py"
         self.proxy_log, self.hub_log = self.directory / "proxy.log", self.directory / "hub.log"
@@ -447,7 +415,7 @@ class Hub:
                             + "; ".join(f"{pid} (uid {info['uid']}): {info['argv']}" for pid, info in sorted(leftovers.items())))  # fmt: skip
         still = self.processes()
         live_groups = sorted(pgid for pgid in self._groups_seen if group_members(pgid))
-        busy_ports = [port for port in (self.public_port, self.proxy_api_port, self.hub_port) if not port_is_bindable(port)]
+        busy_ports = [port for port in (self.public_port, self.proxy_api_port, self.hub_port) if not port_is_free(port)]
         if still or live_groups or busy_ports:
             problems.append(f"still there after stop: processes {sorted(still)}, process groups {live_groups}, busy ports {busy_ports}")
         self._kernels.clear()

@@ -74,6 +74,8 @@ rgw frontends = beast endpoint=127.0.0.1:{port}
 class S3Server:
     """radosgw on `port`; the cluster's monitor and messengers on port+1 .. port+60."""
 
+    PORTS = 61  # port .. port+60, for free_port(span=S3Server.PORTS)
+
     def __init__(self, port: int, bucket: str = "mlproxy-artifacts"):
         missing = [name for name in BINARIES if shutil.which(name) is None]
         if missing:

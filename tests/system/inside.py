@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import sys
-import uuid
 from pathlib import Path
 
 import requests
@@ -73,42 +72,18 @@ def list_runs() -> dict:
     return {"runs": sorted(run.info.run_id for run in runs)}
 
 
-async def _execute(kernel_id: str, code: str, timeout: float) -> tuple[str, str]:
-    from tornado.httpclient import HTTPRequest
-    from tornado.websocket import websocket_connect
-
-    request = HTTPRequest(f"ws://127.0.0.1:8888/api/kernels/{kernel_id}/channels", headers={"Authorization": f"token {token()}"})
-    connection = await websocket_connect(request)
-    msg_id = uuid.uuid4().hex
-    connection.write_message(json.dumps({
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test", "session": uuid.uuid4().hex, "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False},
-    }))  # fmt: skip
-    output, status = [], None
-    while status is None:
-        message = json.loads(await asyncio.wait_for(connection.read_message(), timeout))
-        if message.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        if message["msg_type"] == "stream":
-            output.append(message["content"]["text"])
-        elif message["msg_type"] == "error":
-            output.append("\n".join(message["content"]["traceback"]))
-        elif message["msg_type"] == "execute_reply":
-            status = message["content"]["status"]
-    connection.close()
-    return status, "".join(output)
-
-
 def kernel(code_file: str) -> dict:
     """Start a kernel through Jupyter (so it runs inside the service's sandbox), run the code."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "support"))  # /mnt/support in the container
+    from kernel_client import execute
+
     session = requests.Session()
     session.headers["Authorization"] = f"token {token()}"
     started = session.post(f"{BASE}/api/kernels", json={"name": "python3"}, timeout=60)
     started.raise_for_status()
     kernel_id = started.json()["id"]
     try:
-        status, output = asyncio.run(_execute(kernel_id, Path(code_file).read_text(), timeout=120))
+        status, output = asyncio.run(execute(BASE, token(), kernel_id, Path(code_file).read_text(), timeout=120))
     finally:
         session.delete(f"{BASE}/api/kernels/{kernel_id}", timeout=60)
     return {"status": status, "output": output}

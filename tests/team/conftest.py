@@ -7,7 +7,8 @@ import pytest
 import requests
 
 from tests.stack import Stack
-from tests.support.hub import SETUP_HINT, Hub, allocate_ports, missing_requirements
+from tests.support.hub import SETUP_HINT, Hub, missing_requirements
+from tests.support.ports import free_port
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def team(tmp_path_factory) -> Team:
         extra_config=f"import mlproxy_supervisor.hub\nmlproxy_supervisor.hub.configure(c, {str(config_file)!r})\n"
         'c.JupyterHub.load_groups = {"mlflow-admins": {"users": ["carol"]}}\n'
     )
-    service_port, mlflow_port, metrics_port = allocate_ports(3)
+    service_port, mlflow_port, metrics_port = free_port(), free_port(), free_port()
     # The Hub's configure() reads this file alone: every value the stack runs with is in it.
     config = (
         f'state_dir = "{state}"\n[mlflow]\nport = {mlflow_port}\n[agent]\nmetrics_port = {metrics_port}\n[team]\nhub_api_url = "http://127.0.0.1:{hub.hub_port}/hub/api"\n'

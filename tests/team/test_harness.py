@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.hub import group_members, port_is_bindable
+from tests.stack import port_is_free
+from tests.support.hub import group_members
 
 pytestmark = pytest.mark.team
 
@@ -51,5 +52,5 @@ def test_stop_leaves_no_process_and_frees_the_ports(make_hub):
 
     assert not hub.processes()
     assert not [pgid for pgid in {info["pgid"] for info in started.values()} if group_members(pgid)]
-    assert all(port_is_bindable(port) for port in (hub.public_port, hub.proxy_api_port, hub.hub_port))
+    assert all(port_is_free(port) for port in (hub.public_port, hub.proxy_api_port, hub.hub_port))
     assert not hub.directory.exists()

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from tests.browser.browser import SLOW_MS, launch, open_in_new_tab
 from tests.browser.mlflow_ui import open_experiment
-from tests.support.hub import allocate_ports
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.team
 
@@ -80,7 +80,7 @@ def test_the_lab_tile_opens_mlflow_behind_the_hubs_login_and_the_ui_writes(team,
 
 
 def test_a_page_on_another_port_cannot_write_with_alices_login(team, browser):
-    (port,) = allocate_ports(1)
+    port = free_port()
     page_html = ATTACK.encode()
 
     class Handler(BaseHTTPRequestHandler):

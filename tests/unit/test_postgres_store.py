@@ -9,12 +9,6 @@ from mlproxy_supervisor.credentials import write_private
 from mlproxy_supervisor.store import postgres
 
 
-@pytest.fixture(autouse=True)
-def no_password_in_environment(monkeypatch):
-    for name in ("PGPASSWORD", "CREDENTIALS_DIRECTORY"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.mark.parametrize(
     ("uri", "plain", "password"),
     [

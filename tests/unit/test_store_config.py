@@ -4,7 +4,6 @@ argv, launch files and `config show`."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,10 +15,8 @@ from mlproxy_supervisor.config import ConfigError, load_settings
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith(("MLPROXY_", "XDG_", "AWS_")) or name in ("PGPASSWORD", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY"):
-            monkeypatch.delenv(name)
+def scratch(monkeypatch):
+    """The test's working directory and home, in a short scratch directory."""
     directory = Path(tempfile.mkdtemp(prefix="cfg-"))  # short: the socket path must fit AF_UNIX
     monkeypatch.setenv("HOME", str(directory / "home"))
     monkeypatch.chdir(directory)
@@ -76,37 +73,37 @@ def write_secrets(path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-def test_secrets_file_is_read_and_the_environment_wins(clean_environment):
-    path = write_secrets(clean_environment / "secrets", "# S3\nAWS_ACCESS_KEY_ID=file-key\nexport AWS_SECRET_ACCESS_KEY='file-secret'\n\nPGPASSWORD=file-pg\n")
+def test_secrets_file_is_read_and_the_environment_wins(scratch):
+    path = write_secrets(scratch / "secrets", "# S3\nAWS_ACCESS_KEY_ID=file-key\nexport AWS_SECRET_ACCESS_KEY='file-secret'\n\nPGPASSWORD=file-pg\n")
     found = credentials.store_secrets({"PGPASSWORD": "env-pg"}, str(path))
     assert found == {"AWS_ACCESS_KEY_ID": "file-key", "AWS_SECRET_ACCESS_KEY": "file-secret", "PGPASSWORD": "env-pg"}
 
 
-def test_systemd_credentials_are_read_last(clean_environment):
-    directory = clean_environment / "creds"
+def test_systemd_credentials_are_read_last(scratch):
+    directory = scratch / "creds"
     directory.mkdir()
     (directory / "AWS_SECRET_ACCESS_KEY").write_text("systemd-secret\n")
     (directory / "PGPASSWORD").write_text("systemd-pg")
-    path = write_secrets(clean_environment / "secrets", "PGPASSWORD=file-pg\n")
+    path = write_secrets(scratch / "secrets", "PGPASSWORD=file-pg\n")
     found = credentials.store_secrets({"CREDENTIALS_DIRECTORY": str(directory)}, str(path))
     assert found == {"AWS_SECRET_ACCESS_KEY": "systemd-secret", "PGPASSWORD": "file-pg"}
 
 
-def test_a_secrets_file_readable_by_others_is_refused_and_left_alone(clean_environment):
-    path = write_secrets(clean_environment / "secrets", "PGPASSWORD=pw\n", mode=0o644)
+def test_a_secrets_file_readable_by_others_is_refused_and_left_alone(scratch):
+    path = write_secrets(scratch / "secrets", "PGPASSWORD=pw\n", mode=0o644)
     with pytest.raises(credentials.CredentialError, match=f"readable by others \\(mode 644\\): chmod 600 {path}"):
         credentials.store_secrets({}, str(path))
     assert path.read_text() == "PGPASSWORD=pw\n" and (path.stat().st_mode & 0o777) == 0o644
 
 
-def test_an_unknown_name_in_the_secrets_file_is_refused_with_its_line(clean_environment):
-    path = write_secrets(clean_environment / "secrets", "PGPASSWORD=pw\nAWS_KEY=x\n")
+def test_an_unknown_name_in_the_secrets_file_is_refused_with_its_line(scratch):
+    path = write_secrets(scratch / "secrets", "PGPASSWORD=pw\nAWS_KEY=x\n")
     with pytest.raises(credentials.CredentialError, match="line 2: expected NAME=VALUE with NAME one of PGPASSWORD"):
         credentials.store_secrets({}, str(path))
 
 
-def test_launch_files_hold_the_secrets_file_path_not_its_secrets(clean_environment, monkeypatch):
-    path = write_secrets(clean_environment / "secrets", "AWS_SECRET_ACCESS_KEY=never-in-a-launch-file\n")
+def test_launch_files_hold_the_secrets_file_path_not_its_secrets(scratch, monkeypatch):
+    path = write_secrets(scratch / "secrets", "AWS_SECRET_ACCESS_KEY=never-in-a-launch-file\n")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "nor-this")
     settings = settings_from(f'[mlflow]\ncredentials_file = "{path}"\n')
     launch.write_launch_files(settings)

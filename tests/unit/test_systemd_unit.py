@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -30,13 +29,6 @@ from tests.stack import ROOT
 
 COMMITTED = ROOT / "systemd" / "mlproxy.service"
 REGENERATE = "python -m mlproxy_supervisor.systemd_unit > systemd/mlproxy.service"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith("MLPROXY_") or name in ("STATE_DIRECTORY", "LOGS_DIRECTORY", "RUNTIME_DIRECTORY", "JOURNAL_STREAM"):
-            monkeypatch.delenv(name)
 
 
 def settings(**changes) -> Settings:
