@@ -3,7 +3,7 @@
 benchmarks/results/protocol_fuzz.json, the table between the protocol-fuzz markers in
 docs/SECURITY.md and docs/images/protocol-fuzz-memory.png (Jupyter's memory over the run).
 
-    python -m benchmarks.protocol_fuzz --cases 100000 [--port-offset N]
+    python -m benchmarks.protocol_fuzz --cases 100000
 
 Run from the repository root in mlproxy's environment (about 55 min on 2 cores). Unlike the tier,
 a failing case does not stop the run: it is counted, and the first ones are kept in the results
@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.report import rewrite_between
+from benchmarks.report import rewrite_between, run_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "protocol_fuzz.json"
@@ -75,7 +72,6 @@ def plot(result: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=100_000)
-    parser.add_argument("--port-offset", type=int, default=0, help="shift the ports (31890, 31003, 31183)")
     args = parser.parse_args()
 
     from hypothesis import HealthCheck, given, settings
@@ -86,8 +82,7 @@ def main() -> int:
 
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mlproxy-protocol-fuzz-") as scratch:
-        ports = dict(jupyter_port=31890 + args.port_offset, mlflow_port=31003 + args.port_offset, metrics_port=31183 + args.port_offset)
-        stack = Stack(Path(scratch) / "state", **ports).start(timeout=300)
+        stack = Stack(Path(scratch) / "state").start(timeout=300)  # its ports from tests/support/ports.py
         try:
             target = Target(stack)
             run = Run(target)
@@ -110,10 +105,8 @@ def main() -> int:
             summary = run.summary()
         finally:
             stack.stop()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
     result = {
-        "date": time.strftime("%Y-%m-%d"), "commit": commit, "minutes": (time.monotonic() - began) / 60,
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        **run_identity(), "minutes": (time.monotonic() - began) / 60,
         "summary": summary, "victims_wrong": len(run.victims_wrong), "unauthenticated_500": len(run.unauthenticated_500),
         "violations": violations, "failing_cases": failing, "rss_mb": [round(value, 1) for value in rss],
     }  # fmt: skip

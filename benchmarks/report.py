@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
+import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,6 +15,13 @@ READY_FACTOR, READY_SLACK = 1.05, 0.3  # READY within 1.05 x bare ordered limit 
 MTTR_SLACK = 1.0  # MTTR within MLflow's warm start + 1 s
 HANG_SLACK = 1.0  # hang restart within the liveness budget + 1 s
 AGENT_RSS_MB, AGENT_CPU_PERCENT = 60.0, 1.0
+
+
+def run_identity() -> dict:
+    """What a result names its run by: the date, the commit measured, the machine."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
+                            capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    return {"date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores"}
 
 
 def rewrite_between(doc: Path, begin: str, end: str, text: str) -> None:

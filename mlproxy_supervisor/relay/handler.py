@@ -127,7 +127,9 @@ class RelayHandler(web.RequestHandler):
     def _origin_refusal(self, given_origin: str | None, referer: str | None, cookie_authenticated: bool) -> str | None:
         why = origin.refusal(self.request.method, given_origin, referer, self.request.headers.get("Host", ""),
                              self.front_scheme, cookie_authenticated, self.origin_allowed)  # fmt: skip
-        if why is not None:
+        if why is not None and given_origin is not None:
+            self.relay_log.warning("Refused cross-origin %s %s from %s", self.request.method, self.request.path, given_origin)
+        elif why is not None:
             self.relay_log.warning("Refused %s %s: %s", self.request.method, self.request.path, why)
         return why
 

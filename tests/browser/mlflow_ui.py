@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Response, expect
 
 from tests.browser.browser import SLOW_MS, picture
 from tests.browser.tracking import LOSS, DemoRun
@@ -34,6 +34,18 @@ def open_experiment(page: Page, base: str, experiment_name: str, assistant: bool
     page.get_by_role("link", name="Experiments", exact=True).first.click()
     page.get_by_role("link", name=experiment_name, exact=True).click()
     expect(page).to_have_url(re.compile(r"#/experiments/\d+"))
+
+
+def rename_experiment(page: Page, new_name: str) -> Response:
+    """On an experiment's page, rename it through the header's menu; returns MLflow's answer."""
+    page.get_by_role("button", name="Open header dropdown menu").click()
+    page.get_by_role("menuitem", name="Edit experiment").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Experiment name").fill(new_name)
+    with page.expect_response(lambda response: response.url.endswith("/experiments/update")) as answer:
+        dialog.get_by_role("button", name="Save").click()
+    expect(dialog).to_be_hidden()
+    return answer.value
 
 
 def tour(page: Page, base: str, demo: DemoRun, pictures: bool = False) -> None:

@@ -9,10 +9,8 @@ browser, succeeds: the refusals are about the origin, not a missing login.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +18,7 @@ import pytest
 
 from tests.browser.browser import log_in
 from tests.browser.tracking import experiment_exists
+from tests.support.other_origin import OtherOrigin
 
 pytestmark = pytest.mark.browser
 
@@ -66,33 +65,9 @@ def wait_for_log(log: Path, start: int, lines: list[str], timeout: float = 15) -
 
 @pytest.fixture
 def other_origin():
-    """serve(html) -> URL of a page on serve.origin, http://127.0.0.1:<another port>."""
-    pages: dict[str, bytes] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = pages.get(self.path)
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-
-    def serve(html: str) -> str:
-        path = f"/{uuid.uuid4().hex}.html"
-        pages[path] = html.encode()
-        return f"{serve.origin}{path}"
-
-    serve.origin = f"http://127.0.0.1:{server.server_port}"
-    yield serve
-    server.shutdown()
-    server.server_close()
+    """Pages on http://127.0.0.1:<another port>: other_origin.serve(html) -> the page's URL."""
+    with OtherOrigin() as site:
+        yield site
 
 
 @pytest.mark.parametrize("route", ["mlflow", "proxy"])
@@ -115,7 +90,7 @@ def test_other_origin_cannot_write_with_the_login_cookie(open_browser, shared_st
     log_start = len(jupyter_log.read_text(errors="replace"))
     names = {kind: f"csrf-{kind}-{uuid.uuid4().hex[:6]}" for kind in ("simple", "json", "form")}
     attacker = context.new_page()
-    attacker.goto(other_origin(ATTACK_PAGE.format(target=prefix, form_name=names["form"])))
+    attacker.goto(other_origin.serve(ATTACK_PAGE.format(target=prefix, form_name=names["form"])))
     writes = []
     attacker.on("response", lambda response: writes.append(response) if response.request.method == "POST" else None)
 

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.browser import Traffic, log_in
-from tests.browser.mlflow_ui import open_experiment
+from tests.browser.mlflow_ui import open_experiment, rename_experiment
 from tests.browser.tracking import create_experiment, experiment_name
 
 pytestmark = pytest.mark.browser
@@ -31,15 +31,9 @@ def test_pages_load_and_renaming_an_experiment_works(open_browser, shared_stack)
     log_in(page, base, shared_stack.token, "/mlflow/")
     open_experiment(page, f"{base}/mlflow/", old_name)
 
-    page.get_by_role("button", name="Open header dropdown menu").click()
-    page.get_by_role("menuitem", name="Edit experiment").click()
-    dialog = page.get_by_role("dialog")
-    dialog.get_by_label("Experiment name").fill(new_name)
-    with page.expect_response(lambda response: response.url.endswith("/experiments/update")) as answer:
-        dialog.get_by_role("button", name="Save").click()
-    assert answer.value.status == 200, answer.value.text()
-    assert answer.value.request.header_value("origin") == base
-    expect(dialog).to_be_hidden()
+    answer = rename_experiment(page, new_name)
+    assert answer.status == 200, answer.text()
+    assert answer.request.header_value("origin") == base
     expect(page.get_by_text(new_name).first).to_be_visible()
 
     assert experiment_name(shared_stack, experiment_id) == new_name

@@ -10,13 +10,12 @@ reach at all: test_mlflow_listener.py.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.browser.browser import launch, log_in
 from tests.support.hostile import ROUTE_NAMES, mlflow_routes, unique
+from tests.support.other_origin import OtherOrigin
 
 pytestmark = [pytest.mark.hostile, pytest.mark.browser]
 
@@ -49,29 +48,11 @@ window.attack = async (cases) => {
 """
 
 
-class AttackerSite:
+def attacker_site(port: int) -> OtherOrigin:
     """http://127.0.0.1:<port>/: the page that attacks, on another port (Target.attacker_origin_port)."""
-
-    def __init__(self, port: int):
-        page = f"<!doctype html><title>another site</title><script>{ATTACK}</script>".encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.end_headers()
-                self.wfile.write(page)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{port}/"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    site = OtherOrigin(port)
+    site.url = site.serve(f"<!doctype html><title>another site</title><script>{ATTACK}</script>", "/")
+    return site
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +86,7 @@ def attack(target, playwright, tmp_path_factory):
         cases.append({"id": case_id, "key": (route, endpoint_name, mode), "method": method, "mode": mode,
                       "url": target.origin + url, "body": body})
 
-    site = AttackerSite(target.attacker_origin_port)
+    site = attacker_site(target.attacker_origin_port)
     seen: dict[str, list[int]] = {}
     try:
         context = launch(playwright, tmp_path_factory.mktemp("hostile-chromium"))

@@ -20,7 +20,7 @@ import pytest
 
 from mlproxy_supervisor import procfs
 from tests.browser.browser import launch, log_in
-from tests.hostile.test_browser_origins import AttackerSite
+from tests.hostile.test_browser_origins import attacker_site
 from tests.support.hostile import unique
 
 pytestmark = pytest.mark.hostile
@@ -129,7 +129,7 @@ def direct_attack(target, playwright, tmp_path_factory):
                       "body": json.dumps({"name": case_id}) if "create" in name else "written by another site"})
     # Control: the route, from the same page, answers (the login refusal): the page can fetch.
     cases.append({"id": "control", "key": "control", "method": "GET", "mode": "no-cors", "url": f"{target.origin}/mlflow/", "body": None})
-    site = AttackerSite(target.attacker_origin_port)
+    site = attacker_site(target.attacker_origin_port)
     try:
         context = launch(playwright, tmp_path_factory.mktemp("hostile-direct-chromium"))
         try:

@@ -5,16 +5,14 @@ another port, in the same logged-in browser, cannot."""
 from __future__ import annotations
 
 import re
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from playwright.sync_api import expect
 
 from tests.browser.browser import SLOW_MS, launch, open_in_new_tab
-from tests.browser.mlflow_ui import open_experiment
-from tests.support.ports import free_port
+from tests.browser.mlflow_ui import open_experiment, rename_experiment
+from tests.support.other_origin import OtherOrigin
 
 pytestmark = pytest.mark.team
 
@@ -68,54 +66,29 @@ def test_the_lab_tile_opens_mlflow_behind_the_hubs_login_and_the_ui_writes(team,
     expect(mlflow.get_by_role("link", name="Experiments", exact=True).first).to_be_visible(timeout=SLOW_MS)
 
     open_experiment(mlflow, team.url, old, assistant=False)
-    mlflow.get_by_role("button", name="Open header dropdown menu").click()
-    mlflow.get_by_role("menuitem", name="Edit experiment").click()
-    dialog = mlflow.get_by_role("dialog")
-    dialog.get_by_label("Experiment name").fill(new)
-    with mlflow.expect_response(lambda response: response.url.endswith("/experiments/update")) as answer:
-        dialog.get_by_role("button", name="Save").click()
-    assert answer.value.status == 200, answer.value.text()
-    expect(dialog).to_be_hidden()
+    answer = rename_experiment(mlflow, new)
+    assert answer.status == 200, answer.text()
     assert experiment(team, "alice", new) is not None and experiment(team, "alice", old) is None
 
 
 def test_a_page_on_another_port_cannot_write_with_alices_login(team, browser):
-    port = free_port()
-    page_html = ATTACK.encode()
+    page = browser.new_page()
+    log_in_at_the_hub(page, team, "alice")
+    page.goto(team.url)  # alice has the service's login cookie now
+    expect(page.get_by_role("link", name="Experiments", exact=True).first).to_be_visible(timeout=SLOW_MS)
+    # The same request from MLflow's own page succeeds: the refusal below is about the origin.
+    control = f"control-{uuid.uuid4().hex[:6]}"
+    same_origin = page.evaluate(ATTACK_CALL, [team.url, control])
+    assert same_origin == "status 200", same_origin
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.end_headers()
-            self.wfile.write(page_html)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        page = browser.new_page()
-        log_in_at_the_hub(page, team, "alice")
-        page.goto(team.url)  # alice has the service's login cookie now
-        expect(page.get_by_role("link", name="Experiments", exact=True).first).to_be_visible(timeout=SLOW_MS)
-        # The same request from MLflow's own page succeeds: the refusal below is about the origin.
-        control = f"control-{uuid.uuid4().hex[:6]}"
-        page.goto(team.url)
-        same_origin = page.evaluate(ATTACK_CALL, [team.url, control])
-        assert same_origin == "status 200", same_origin
-
-        name = f"cross-origin-{uuid.uuid4().hex[:6]}"
+    name = f"cross-origin-{uuid.uuid4().hex[:6]}"
+    with OtherOrigin() as site:
         attacker = browser.new_page()
-        attacker.goto(f"http://127.0.0.1:{port}/")
+        attacker.goto(site.serve(ATTACK))
         outcome = attacker.evaluate("args => window.attack(args)", [team.url, name])
-        assert outcome != "status 200", outcome
-        assert experiment(team, "carol", name) is None, "the cross-origin write created the experiment"
-        assert experiment(team, "carol", control) is not None
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert outcome != "status 200", outcome
+    assert experiment(team, "carol", name) is None, "the cross-origin write created the experiment"
+    assert experiment(team, "carol", control) is not None
 
 
 ATTACK_CALL = """async ([target, name]) => {
