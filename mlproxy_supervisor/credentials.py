@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import stat
 from pathlib import Path
 
-from .files import current_user, write_atomically
+from .files import write_atomically
 
 TOKEN_ENV = "JUPYTER_TOKEN"  # honoured once by `mlproxy up` (containers), then stored in the file
 
@@ -33,13 +34,16 @@ def ensure_token(path: Path, provided: str | None = None) -> str:
 
 def read_token(path: Path) -> str:
     try:
-        mode = path.stat().st_mode
-        token = path.read_text().strip()
+        # Never through a link: root reading the stack's token must not read (or tighten) another file.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as error:
         raise CredentialError(f"cannot read the token file {path}: {error.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO) and path.owner() == current_user():
-        # Ours and too open (copied by hand, restored from a backup): tighten it.
-        path.chmod(0o600)
+    with os.fdopen(descriptor) as handle:
+        info = os.fstat(descriptor)
+        token = handle.read().strip()
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and info.st_uid == os.geteuid():
+            # Ours and too open (copied by hand, restored from a backup): tighten it.
+            os.fchmod(descriptor, 0o600)
     if not token:
         raise CredentialError(f"the token file {path} is empty: delete it to generate a new token")
     return token

@@ -8,18 +8,22 @@ import pwd
 from pathlib import Path
 
 
-def write_atomically(path: Path, content: str, mode: int = 0o600, group: int | None = None) -> None:
+def write_atomically(path: Path, content: str, mode: int = 0o600, group: int | None = None, owner: int | None = None) -> None:
     """Readers see the old content or the new, never a partial write; the file has `mode` (and
-    `group`, a gid) before it appears under its name (no window where a secret is readable by others)."""
+    `group`, a gid, and `owner`, a uid) before it appears under its name (no window where a secret is
+    readable by others). Safe in a directory another user owns (root writing into the stack's
+    state directory): the temporary file is created new, never through a link someone planted."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    temporary.unlink(missing_ok=True)  # our own leftover, or a link planted in its place
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(content)
-        os.chmod(temporary, mode)  # the umask may have narrowed it (0644 unit files)
-        if group is not None:
-            os.chown(temporary, -1, group)
+            handle.flush()
+            os.fchmod(descriptor, mode)  # the umask may have narrowed it (0644 unit files)
+            if group is not None or owner is not None:
+                os.fchown(descriptor, -1 if owner is None else owner, -1 if group is None else group)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -105,7 +105,27 @@ def _team_app():
     from .hub import attribution
 
     attribution.install(flask_app, team_app)  # the Flask routes, and OTLP's native one
+    team_app.add_middleware(NoAssistant)
     return team_app
+
+
+class NoAssistant:
+    """Team mode: MLflow's Assistant runs an agent with a shell on the server under the stack's
+    account, for whoever asks; it is not served. The Hub service refuses it too; this refusal
+    reads the path as MLflow's router does (decoded), whatever spelling reached it."""
+
+    PREFIX = "/ajax-api/3.0/mlflow/assistant"
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        from starlette._utils import get_route_path
+
+        if scope["type"] == "http" and get_route_path(scope).startswith(self.PREFIX):
+            message = "MLflow's Assistant is not served in team mode (docs/SECURITY.md)"
+            return await JSONResponse({"error_code": "PERMISSION_DENIED", "message": message}, status_code=403)(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 if os.environ.get(TEAM_ENV) == "1":

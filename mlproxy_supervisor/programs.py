@@ -15,11 +15,13 @@ TEAM_PORT_ENV = "_MLPROXY_TEAM_PORT"  # the /proxy/<port>/ route's port (mlflow.
 # The header the Hub service sets (and no one else can) on every request it relays to MLflow.
 USER_HEADER = "X-MLproxy-User"
 ADMIN_HEADER = "X-MLproxy-Admin"
+PROOF_HEADER = "X-MLproxy-Proof"  # hub/caller.py
 # MLflow user names no Hub user can have: the service refuses a Hub user named so. MLflow's auth
 # app insists on a bootstrap admin; it gets one of these names and a password nobody knows.
 RESERVED_USER_PREFIX = "mlproxy:"
 BOOTSTRAP_ADMIN = f"{RESERVED_USER_PREFIX}admin"
 AGENT_USER = f"{RESERVED_USER_PREFIX}agent"  # the agent's probes on MLflow's socket
+SERVICE_USER_PREFIX = f"{RESERVED_USER_PREFIX}service:"  # + a Hub service's name: never one of the above
 
 
 def programs(services: tuple[str, ...]) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from .. import credentials, procfs
 from ..config import Settings
+from ..programs import AGENT_USER
 from ..rpc import ALIVE_STATES, STOPPED, Supervisor, SupervisorUnavailable
 from ..status_document import StatusDocument
 from ..timings import KILL_WAIT
@@ -28,6 +29,13 @@ STATUS_REFRESH = 2.0  # rewrite the status document at least this often (freshne
 
 def log(message: str) -> None:
     print(message, flush=True)
+
+
+def agent_headers(settings: Settings) -> dict[str, str]:
+    """Team mode: how the agent's probes name it (an admin of the stack) to MLflow's auth app."""
+    from ..hub import caller
+
+    return caller.headers(AGENT_USER, True, credentials.read_token(settings.mlflow_auth_secret))
 
 
 def kill_group(pgid: int) -> None:
@@ -66,7 +74,7 @@ class Agent:
         # The authenticated probes log in as a user would: with Jupyter's token, or in team mode
         # with the service's own Hub token.
         token_file = settings.team.service_token_file if settings.team_mode else settings.jupyter.token_file
-        self.prober = Prober(settings, lambda: credentials.read_token(token_file))
+        self.prober = Prober(settings, lambda: credentials.read_token(token_file), lambda: agent_headers(settings))
         self.store_locations = store_locations(settings)
         self.notifier = Notifier()
         self.events = report.EventLog()

@@ -16,14 +16,11 @@ from urllib.parse import urlsplit
 
 from .. import local_http, procfs
 from ..programs import (
-    ADMIN_HEADER,
-    AGENT_USER,
     MLFLOW_ARTIFACTS_READINESS,
     MLFLOW_LIVENESS,
     MLFLOW_READINESS,
     SERVICE_LIVENESS,
     SERVICE_READINESS,
-    USER_HEADER,
 )
 from .reconcile import ROUTE, Activity, ProbeRequest, ProbeResult, Space
 
@@ -41,19 +38,19 @@ class Check:
     authenticated: bool = False
     expect_body: bytes | None = None  # a prefix the body must start with
     unix_socket: str | None = None  # connect here instead of the URL's host:port
-    headers: tuple[tuple[str, str], ...] = ()
+    as_agent: bool = False  # team mode: name the agent to MLflow's auth app (hub/caller.py)
 
 
 def checks(settings: Settings) -> dict[tuple[str, str], list[Check]]:
     mlflow, unix_socket = settings.mlflow_url, settings.mlflow_socket and str(settings.mlflow_socket)
     # Team mode: MLflow's auth app wants to know who asks; on its socket, the stack itself (admin).
-    who = ((USER_HEADER, AGENT_USER), (ADMIN_HEADER, "true")) if settings.team_mode else ()
+    who = settings.team_mode
     found = {
         ("mlflow", "liveness"): [Check(f"{mlflow}{MLFLOW_LIVENESS}", expect_body=b"OK", unix_socket=unix_socket)],
         # Readiness touches the store: the process answering is not enough.
         ("mlflow", "readiness"): [
-            Check(f"{mlflow}{MLFLOW_READINESS}", expect_body=b"{", unix_socket=unix_socket, headers=who),
-            Check(f"{mlflow}{MLFLOW_ARTIFACTS_READINESS}", expect_body=b"{", unix_socket=unix_socket, headers=who),
+            Check(f"{mlflow}{MLFLOW_READINESS}", expect_body=b"{", unix_socket=unix_socket, as_agent=who),
+            Check(f"{mlflow}{MLFLOW_ARTIFACTS_READINESS}", expect_body=b"{", unix_socket=unix_socket, as_agent=who),
         ],
     }
     if settings.team_mode:
@@ -82,11 +79,11 @@ def checks(settings: Settings) -> dict[tuple[str, str], list[Check]]:
     }
 
 
-def _get(check: Check, token: str, timeout: float) -> tuple[bool, str | None]:
+def _get(check: Check, token: str, timeout: float, agent: dict[str, str]) -> tuple[bool, str | None]:
     """(whether the server answered at all, None when the check passes else what went wrong,
     never containing the token)."""
     path = urlsplit(check.url).path
-    headers = {"User-Agent": USER_AGENT, "Connection": "close", **dict(check.headers)}
+    headers = {"User-Agent": USER_AGENT, "Connection": "close", **(agent if check.as_agent else {})}
     if check.authenticated:
         headers["Authorization"] = f"token {token}"
     try:
@@ -107,9 +104,10 @@ class Prober:
     """Runs probes in the background: a probe that waits for its timeout on a hung service must
     not stall the loop, nor delay the other probes."""
 
-    def __init__(self, settings: Settings, token_source):
+    def __init__(self, settings: Settings, token_source, agent_headers=dict):
         self._checks = checks(settings)
         self._token_source = token_source  # callable: re-read, so a rotated token is picked up
+        self._agent_headers = agent_headers  # callable: the headers that name the agent to MLflow
         self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="probe")
         self._in_flight: dict[tuple[str, str], Future] = {}
 
@@ -117,9 +115,10 @@ class Prober:
         started, wall = time.monotonic(), time.time()
         checks = self._checks[(request.target, request.kind)]
         token = self._token_source() if any(check.authenticated for check in checks) else ""
+        agent = self._agent_headers() if any(check.as_agent for check in checks) else {}
         answered, problem = False, None
         for check in checks:
-            answered, problem = _get(check, token, request.timeout)
+            answered, problem = _get(check, token, request.timeout, agent)
             if problem:
                 break
         return ProbeResult(

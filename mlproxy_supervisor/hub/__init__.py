@@ -20,6 +20,7 @@ set) and registers, in the Hub's configuration:
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from ..config import ConfigError, Settings, load_settings
@@ -77,7 +78,7 @@ def configure(c, config: str | os.PathLike | None = None) -> Settings:
 def _service_token(settings: Settings) -> str:
     """The service's API token (0600). Made here if the team stack has not made it yet, owned by
     the state directory's owner: the Hub often runs as root, the stack as its own user."""
-    from .. import credentials
+    from .. import credentials, files
 
     path = settings.team.service_token_file
     if not path.parent.is_dir():
@@ -85,9 +86,9 @@ def _service_token(settings: Settings) -> str:
             f"{path.parent} does not exist yet: start the team stack first (`mlproxy up` or `systemctl start mlproxy`), "
             "which makes it, then the Hub"
         )
-    existed = path.exists()
-    token = credentials.ensure_token(path)
-    if not existed and os.geteuid() == 0 and settings.state_dir.exists():
-        owner = settings.state_dir.stat()
-        os.chown(path, owner.st_uid, owner.st_gid)
+    if path.exists() or path.is_symlink():
+        return credentials.read_token(path)
+    token = secrets.token_hex(24)
+    owner = settings.state_dir.stat() if os.geteuid() == 0 else None  # root (the Hub) writes it for the stack's user
+    files.write_atomically(path, token, 0o600, group=owner and owner.st_gid, owner=owner and owner.st_uid)
     return token

@@ -59,10 +59,9 @@ from starlette.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_content_length, get_input_stream
 
-from ..programs import USER_HEADER
 from ..relay.answers import ERROR_CODES
+from .identity import caller
 
-USER_ENVIRON = "HTTP_" + USER_HEADER.upper().replace("-", "_")
 # A dataset upsert sends the whole evaluation set in one request; MLflow's WSGI bridge holds
 # every body in memory anyway, so this bounds the extra copy, not what MLflow accepts.
 BODY_LIMIT = 64 * 1024 * 1024
@@ -71,11 +70,17 @@ BODY_LIMIT = 64 * 1024 * 1024
 # --- The user and the keys that name one --------------------------------------------------------
 
 
-def hub_user(header: str | None) -> str | None:
-    """The Hub user a request names, read as hub/identity.py reads it for MLflow's auth app (the
-    header as the server hands it over, stripped): what is stamped is the name permissions are
-    granted to. None when the request names none."""
-    return (header or "").strip() or None
+def hub_user(get_header) -> str | None:
+    """The Hub user a request names, read as hub/identity.py reads it for MLflow's auth app (with the
+    service's proof): what is stamped is the name permissions are granted to. None when the request
+    names none (MLflow's auth app then refuses it anyway)."""
+    found = caller(get_header)
+    return found[0] if found else None
+
+
+def environ_header(environ):
+    """A WSGI environ's header, by its HTTP name (as werkzeug and Starlette's bridge spell it)."""
+    return lambda name: environ.get("HTTP_" + name.upper().replace("-", "_"))
 
 
 def names_user(key: Any) -> bool:
@@ -426,7 +431,7 @@ class Attribution:
         self.routes = {(route.method, prefix + route.path): route for route in ROUTES}
 
     def __call__(self, environ, start_response) -> Iterable[bytes]:
-        user = hub_user(environ.get(USER_ENVIRON))
+        user = hub_user(environ_header(environ))
         route, view_args = self._route(environ) if user else (None, None)
         if route is None:
             return self.app(environ, start_response)
@@ -546,7 +551,7 @@ class OtlpAttribution:
         if scope["type"] != "http" or scope["method"] != "POST" or get_route_path(scope) != self.path:
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
-        if hub_user(headers.get(USER_HEADER)) is None:
+        if hub_user(headers.get) is None:
             return await self.app(scope, receive, send)
         chunks, size, more_body = [], 0, True
         while more_body:

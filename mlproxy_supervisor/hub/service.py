@@ -27,7 +27,7 @@ import socket
 import sys
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
 from tornado import httpclient, httpserver, ioloop, netutil, web
@@ -36,15 +36,15 @@ from tornado.tcpclient import TCPClient
 from .. import credentials, local_http
 from ..config import RESOLVED_ENV, Settings, read_resolved
 from ..programs import (
-    ADMIN_HEADER,
     MLFLOW_LIVENESS,
     RESERVED_USER_PREFIX,
     SERVICE_LIVENESS,
     SERVICE_READINESS,
-    USER_HEADER,
+    SERVICE_USER_PREFIX,
 )
 from ..relay import answers, scrub
 from ..relay.handler import HOP_HEADERS, RelayHandler
+from . import caller
 
 ASSISTANT = "/ajax-api/3.0/mlflow/assistant"
 
@@ -67,9 +67,10 @@ class MLflowServiceHandler(HubOAuthenticated, RelayHandler):
 
     own_error_codes = frozenset(answers.ERROR_CODES)  # 403 too, as JSON an MLflow client shows
 
-    def initialize(self, settings: Settings, hub_auth: HubOAuth, tcp_client: TCPClient) -> None:
+    def initialize(self, settings: Settings, hub_auth: HubOAuth, tcp_client: TCPClient, proof_secret: str) -> None:
         self.settings_ = settings
         self.hub_auth = hub_auth
+        self.proof_secret = proof_secret  # the key of the proof that names the caller (hub/caller.py)
         self.tcp_client = tcp_client
         self.initialize_relay(settings.jupyter.max_upload_size, settings.jupyter.mlflow_timeout)
         self._xsrf_refusal: str | None = None  # why a login cookie was not accepted
@@ -103,7 +104,7 @@ class MLflowServiceHandler(HubOAuthenticated, RelayHandler):
             return
         if model.get("kind", "user") == "user" and model["name"].startswith(RESERVED_USER_PREFIX):
             raise web.HTTPError(403, f"the Hub user name {model['name']!r} is reserved by mlproxy")
-        if self.request.path.startswith(self.settings_.service_prefix.rstrip("/") + ASSISTANT):
+        if unquote(self.request.path).startswith(self.settings_.service_prefix.rstrip("/") + ASSISTANT):  # as MLflow routes it
             raise web.HTTPError(
                 403,
                 "MLflow's Assistant runs an agent on the server with the service's account; in team mode it is not "
@@ -151,23 +152,22 @@ class MLflowServiceHandler(HubOAuthenticated, RelayHandler):
     # --- the request MLflow gets ---------------------------------------------------------------
     @property
     def mlflow_user(self) -> str:
-        """The name MLflow knows the caller by: the Hub user's own name; a Hub service's, prefixed."""
+        """The name MLflow knows the caller by: the Hub user's own name; a Hub service's, prefixed
+        (never one of mlproxy's own names: mlproxy:agent, the bootstrap admin)."""
         model = self.current_user
-        return model["name"] if model.get("kind", "user") == "user" else f"{RESERVED_USER_PREFIX}{model['name']}"
+        return model["name"] if model.get("kind", "user") == "user" else f"{SERVICE_USER_PREFIX}{model['name']}"
 
     async def forward(self) -> None:
         prefix = self.settings_.service_prefix.rstrip("/")
         raw = self.request.uri.removeprefix(prefix)  # as sent: no decoding and quoting again
         target = self.mlflow_target(raw if raw.startswith("/") else "/" + raw)
         headers = self.request.headers.copy()
-        for name in {*HOP_HEADERS, *(token.strip() for token in headers.get("Connection", "").split(",") if token.strip())}:
-            headers.pop(name, None)
-        for name in (USER_HEADER, ADMIN_HEADER):  # only we say who is calling
+        connection = {token.strip() for token in headers.get("Connection", "").split(",") if token.strip()}
+        for name in {*HOP_HEADERS, *connection, *(name for name in headers if _not_forwarded(name))}:
             headers.pop(name, None)
         headers = self.mlflow_headers(headers, f"127.0.0.1:{self.settings_.mlflow.port}", own_cookie=self.hub_auth.cookie_name)
-        headers[USER_HEADER] = self.mlflow_user
-        groups = self.current_user.get("groups") or []
-        headers[ADMIN_HEADER] = "true" if self.settings_.team.admin_group in groups else "false"
+        admin = self.settings_.team.admin_group in (self.current_user.get("groups") or [])
+        headers.update(caller.headers(self.mlflow_user, admin, self.proof_secret))
         request = httpclient.HTTPRequest(f"http://127.0.0.1:{self.settings_.mlflow.port}{target}", method=self.request.method, headers=headers)
         # Connections are kept per user: not even a desynchronised one could cross users.
         await self.relay_to_mlflow(self.tcp_client, request, pool_key=(str(self.settings_.mlflow_socket), self.mlflow_user))
@@ -177,6 +177,18 @@ class MLflowServiceHandler(HubOAuthenticated, RelayHandler):
         if location.startswith("/") and not location.startswith("//"):
             return self.settings_.service_prefix.rstrip("/") + location
         return location
+
+
+def _not_forwarded(name: str) -> bool:
+    """Request headers the service never passes on: the ones that name a caller (only the service
+    says who calls), any spelled with an underscore (servers fold X_MLproxy_User into
+    X-MLproxy-User: Starlette joins them, werkzeug reads both as HTTP_X_MLPROXY_USER; nginx drops
+    such headers by default for the same reason), and the proxy headers a client could forge."""
+    lowered = name.lower()
+    return "_" in name or lowered in CALLER_HEADERS or lowered == "forwarded" or lowered.startswith("x-forwarded-")
+
+
+CALLER_HEADERS = {name.lower() for name in caller.HEADERS}
 
 
 class AliveHandler(web.RequestHandler):
@@ -208,13 +220,16 @@ class ReadyHandler(web.RequestHandler):
 
 
 # --- users, synced from the Hub -------------------------------------------------------------------
+# The Hub's API, never through an http_proxy of the environment: the request carries our token.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 def hub_users(settings: Settings, token: str) -> list[dict]:
     """Every Hub user with their groups (GET /users, paginated)."""
     users, offset = [], 0
     while True:
         url = f"{settings.team.hub_api_url}/users?offset={offset}&limit=200"
         request = urllib.request.Request(url, headers={"Authorization": f"token {token}", "Accept": "application/jupyterhub-pagination+json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with DIRECT.open(request, timeout=10) as response:
             page = json.load(response)
         items = page["items"] if isinstance(page, dict) else page
         users += items
@@ -224,14 +239,14 @@ def hub_users(settings: Settings, token: str) -> list[dict]:
         offset = following["offset"]
 
 
-def introduce(settings: Settings, name: str, admin: bool) -> bool:
+def introduce(settings: Settings, name: str, admin: bool, secret: str) -> bool:
     """One request to MLflow as this user: its auth app creates or updates them (hub/identity.py)."""
-    headers = {USER_HEADER: name, ADMIN_HEADER: "true" if admin else "false", "Host": f"127.0.0.1:{settings.mlflow.port}"}
+    headers = {**caller.headers(name, admin, secret), "Host": f"127.0.0.1:{settings.mlflow.port}"}
     status, _ = local_http.fetch(f"{settings.mlflow_url}/version", 10, settings.mlflow_socket, headers=headers)
     return status == 200
 
 
-async def sync_users(settings: Settings, token: str, known: dict[str, bool]) -> None:
+async def sync_users(settings: Settings, token: str, secret: str, known: dict[str, bool]) -> None:
     """Introduce every Hub user MLflow does not know yet (or whose admin flag changed)."""
     try:
         users = await asyncio.to_thread(hub_users, settings, token)
@@ -243,14 +258,16 @@ async def sync_users(settings: Settings, token: str, known: dict[str, bool]) -> 
         if name.startswith(RESERVED_USER_PREFIX) or known.get(name) == admin:
             continue
         try:
-            if await asyncio.to_thread(introduce, settings, name, admin):
+            if await asyncio.to_thread(introduce, settings, name, admin, secret):
                 known[name] = admin
         except OSError as error:  # MLflow restarting: next round
             log.warning("cannot introduce %s to MLflow (%s)", name, error)
             return
+        except Exception as error:  # this user only (a name MLflow refuses, say): the others go on
+            log.warning("cannot introduce %r to MLflow: %s: %s", name, type(error).__name__, error)
 
 
-def make_app(settings: Settings, token: str) -> web.Application:
+def make_app(settings: Settings, token: str, proof_secret: str) -> web.Application:
     team = settings.team
     prefix = settings.service_prefix
     # The one HubOAuth of this process: HubOAuthCallbackHandler looks it up as the class's instance.
@@ -269,7 +286,7 @@ def make_app(settings: Settings, token: str) -> web.Application:
             (f"{prefix.rstrip('/')}{SERVICE_LIVENESS}", AliveHandler),
             (f"{prefix.rstrip('/')}{SERVICE_READINESS}", ReadyHandler, {"settings": settings}),
             (prefix.rstrip("/"), web.RedirectHandler, {"url": prefix}),
-            (f"{prefix}(.*)", MLflowServiceHandler, {"settings": settings, "hub_auth": hub_auth, "tcp_client": tcp_client}),
+            (f"{prefix}(.*)", MLflowServiceHandler, {"settings": settings, "hub_auth": hub_auth, "tcp_client": tcp_client, "proof_secret": proof_secret}),
         ],
         cookie_secret=credentials.read_token(settings.service_cookie_secret),
     )
@@ -280,14 +297,15 @@ def main() -> int:
     settings = read_resolved(Path(os.environ[RESOLVED_ENV]))
     token = credentials.read_token(settings.team.service_token_file)
     scrub.scrub_logs([logging.getLogger()], token)  # the service's own token never reaches its log
-    app = make_app(settings, token)
+    secret = credentials.read_token(settings.mlflow_auth_secret)
+    app = make_app(settings, token, secret)
     server = httpserver.HTTPServer(app, max_body_size=sys.maxsize)
     server.listen(settings.team.service_port, address="127.0.0.1")
     log.info("MLflow served as %s, behind the Hub at %s", settings.team_url, settings.team.hub_api_url)
     loop = ioloop.IOLoop.current()
     known: dict[str, bool] = {}
-    ioloop.PeriodicCallback(lambda: asyncio.ensure_future(sync_users(settings, token, known)), settings.team.user_sync_period * 1000).start()
-    loop.add_callback(lambda: asyncio.ensure_future(sync_users(settings, token, known)))
+    ioloop.PeriodicCallback(lambda: asyncio.ensure_future(sync_users(settings, token, secret, known)), settings.team.user_sync_period * 1000).start()
+    loop.add_callback(lambda: asyncio.ensure_future(sync_users(settings, token, secret, known)))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: loop.add_callback_from_signal(loop.stop))
     loop.start()

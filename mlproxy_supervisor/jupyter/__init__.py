@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from jupyter_server.utils import url_path_join
 from jupyter_server_proxy.handlers import AddSlashHandler
@@ -95,8 +95,10 @@ class TeamRedirectHandler(web.RequestHandler):
         self.team_url = team_url
 
     def _redirect(self, path: str = "") -> None:
+        # tornado hands the path over decoded: quote it again, so a %0d%0a, %3F or %23 stays a
+        # character of the path (never a header break, a query or a fragment of the Location).
         query = f"?{self.request.query}" if self.request.query else ""
-        self.redirect(self.team_url + path.lstrip("/") + query, status=307)
+        self.redirect(self.team_url + quote(path.lstrip("/"), safe="/:@!$&'()*+,;=-._~") + query, status=307)
 
     get = post = put = patch = delete = head = options = _redirect
 

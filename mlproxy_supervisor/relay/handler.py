@@ -213,7 +213,10 @@ class RelayHandler(web.RequestHandler):
         """The URI MLflow is sent, scrubbed as MLflow will split it: a door that decodes the path
         and quotes it again with `?` kept (jupyter-server-proxy) turns /mlflow/health%3Ftoken=T
         into /health?token=T, so the query scrubbed is the one after that split."""
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+        except ValueError as error:  # e.g. "//[x": an unbalanced bracket where a host would be
+            raise web.HTTPError(400, f"the request's target cannot be read ({error})") from None
         # The login reads `token` from the decoded query, so %74oken= logs in too: strip every spelling.
         uri = urlunsplit(parts._replace(query=scrub.strip_query(parts.query, self.secret)))
         if scrub.holds_secret(uri, self.secret):

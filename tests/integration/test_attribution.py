@@ -19,16 +19,19 @@ from contextlib import contextmanager
 
 import pytest
 
-from mlproxy_supervisor import credentials, launch
+from mlproxy_supervisor import launch
 from mlproxy_supervisor.config import Settings
-from mlproxy_supervisor.hub import mlflow_auth
+from mlproxy_supervisor.hub import caller, identity, mlflow_auth
 from tests.stack import ROOT
 from tests.support.direct import DirectMLflow, forward
 
 pytestmark = pytest.mark.integration
 
-ALICE = {"X-MLproxy-User": "alice"}
-BOB = {"X-MLproxy-User": "bob"}
+# The key of the service's proof (hub/caller.py), MLflow's Flask secret in team mode: the same for
+# both servers here, as the Hub service and MLflow share it.
+SECRET = "attribution-test-secret-0123456789"
+ALICE = caller.headers("alice", False, SECRET)
+BOB = caller.headers("bob", False, SECRET)
 START_TIMEOUT = 90  # seconds; MLflow imports and creates its tables in about 10 on 2 cores
 TEAM = {"hub_api_url": "http://127.0.0.1:8081/hub/api", "public_url": "http://hub.example:8000"}
 
@@ -42,7 +45,8 @@ def serve(settings: Settings, app: str, env: dict[str, str] | None = None):
     argv = [sys.executable, "-m", "uvicorn", "--uds", str(socket_path), "--log-level", "warning", app]
     log_path = settings.state_dir / "mlflow.log"
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **launch.mlflow_command(settings)[1], **(env or {})},
+        environment = {**os.environ, **launch.mlflow_command(settings)[1], identity.SECRET_ENV: SECRET, **(env or {})}
+        server = subprocess.Popen(argv, cwd=ROOT, env=environment,
                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     client = DirectMLflow(socket_path)
     try:
@@ -83,8 +87,7 @@ def team_mlflow(tmp_path_factory):
     settings.state_dir.mkdir(parents=True)
     mlflow_auth.ensure_secrets(settings)
     mlflow_auth.write_config(settings)
-    secret = {"MLFLOW_FLASK_SERVER_SECRET_KEY": credentials.read_token(settings.mlflow_auth_secret)}
-    with serve(settings, "mlproxy_supervisor.mlflow_app:app", secret) as client:
+    with serve(settings, "mlproxy_supervisor.mlflow_app:app") as client:
         yield client
 
 
@@ -159,10 +162,20 @@ def test_a_double_encoded_body_is_read_as_mlflow_reads_it(mlflow, experiment_id)
 
 
 def test_the_name_stamped_is_the_name_mlflows_auth_app_is_told(mlflow, experiment_id):
-    """The Hub service sends the header as tornado writes it (latin-1); hub/identity.py strips it."""
+    """The Hub service sends the name percent-encoded (any Hub name, even beyond latin-1); the name
+    stamped is the one hub/identity.py gives MLflow's auth app."""
     body = {"experiment_id": experiment_id, "user_id": "bob"}
-    run = ok(call(mlflow, "POST", "/api/2.0/mlflow/runs/create", body, headers={"X-MLproxy-User": " zoë "}))["run"]
+    run = ok(call(mlflow, "POST", "/api/2.0/mlflow/runs/create", body, headers=caller.headers("zoë", False, SECRET)))["run"]
     assert get_run(mlflow, run["info"]["run_id"])[0] == "zoë"
+
+
+@pytest.mark.parametrize("forged", [{"X-MLproxy-User": "alice"}, {**BOB, "X-MLproxy-User": "alice"}, {"X_MLproxy_User": "alice", **BOB}])
+def test_a_name_without_the_services_proof_names_no_one(mlflow, experiment_id, forged):
+    """Without the proof, with bob's proof under another name, or folded into bob's header by the
+    server (Starlette joins X_MLproxy_User and X-MLproxy-User): nothing is stamped."""
+    body = {"experiment_id": experiment_id, "user_id": "bob"}
+    run = ok(call(mlflow, "POST", "/api/2.0/mlflow/runs/create", body, headers=forged))["run"]
+    assert get_run(mlflow, run["info"]["run_id"])[0] != "alice"
 
 
 def test_without_the_header_nothing_is_touched(mlflow, experiment_id):
@@ -509,7 +522,7 @@ class HubService(RequestHeaderProvider):  # stands in for the Hub service, which
         return True
 
     def request_headers(self):
-        return {"X-MLproxy-User": "alice"}
+        return json.loads(sys.argv[1])  # alice, with the service's proof
 
 
 _request_header_provider_registry.register(HubService)
@@ -548,7 +561,7 @@ def test_in_team_mode_mlflows_client_works_and_everything_it_makes_is_alices(tea
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "MLPROXY_"))}
     with forward(mlflow.unix_socket) as base:
         env.update(MLFLOW_TRACKING_URI=base, LOGNAME="jovyan", USER="jovyan")
-        result = subprocess.run([sys.executable, "-c", CLIENT], env=env, cwd=ROOT, check=False, capture_output=True, text=True, timeout=120)
+        result = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(ALICE)], env=env, cwd=ROOT, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     made = json.loads(result.stdout.strip().splitlines()[-1])
     assert made["refused"] == "PERMISSION_DENIED"

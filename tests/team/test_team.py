@@ -4,13 +4,15 @@ checks that nothing changed."""
 
 from __future__ import annotations
 
+import http.client
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from mlproxy_supervisor.programs import ADMIN_HEADER, USER_HEADER
+from mlproxy_supervisor.programs import ADMIN_HEADER, PROOF_HEADER, USER_HEADER
 
 pytestmark = pytest.mark.team
 
@@ -94,7 +96,10 @@ def test_private_work_until_granted_then_revoked(team):
 
 def test_bob_cannot_pass_as_alice_with_any_header(team):
     experiment_id = create_experiment(team, "alice")
-    forged = {USER_HEADER: "alice", ADMIN_HEADER: "true", "X-Forwarded-User": "alice", "Remote-User": "alice"}
+    # Every spelling a server downstream might read as the caller's name: Starlette folds
+    # X_MLproxy_User into X-MLproxy-User, and the proof header of the service is forged too.
+    forged = {USER_HEADER: "alice", ADMIN_HEADER: "true", PROOF_HEADER: "0" * 64, "X_MLproxy_User": "alice",
+              "X-MLproxy_Admin": "true", "X-Forwarded-User": "alice", "Remote-User": "alice", "X-Forwarded-For": "127.0.0.1"}  # fmt: skip
     bob = team.client("bob")
     answer = bob.post(team.api(f"{API}/runs/create"), json={"experiment_id": experiment_id}, headers=forged, timeout=60)
     assert answer.status_code == 403, answer.text
@@ -154,9 +159,25 @@ def test_a_users_server_redirects_its_mlflow_routes_to_the_service(team):
     assert "<title>MLflow" in answer.text or "mlflow" in answer.text.lower()
 
 
-def test_the_assistant_is_not_served_in_team_mode(team):
-    answer = team.client("alice").get(team.api("ajax-api/3.0/mlflow/assistant/config"), timeout=60)
+@pytest.mark.parametrize("path", ["ajax-api/3.0/mlflow/assistant/config", "ajax-api/3.0/mlflow/%61ssistant/config", "ajax-api/3.0/mlflow%2Fassistant/providers"])
+def test_the_assistant_is_not_served_in_team_mode_however_spelled(team, path):
+    answer = team.client("alice").get(team.api(path), timeout=60)
     assert answer.status_code == 403 and "Assistant" in answer.json()["message"], answer.text
+
+
+def test_odd_paths_are_answered_not_crashed(team):
+    """A target no URL parser reads, and header breaks in a redirect's path: 400 and a 307 whose
+    Location keeps them encoded, never a 500."""
+    connection = http.client.HTTPConnection("127.0.0.1", team.hub.public_port, timeout=60)
+    connection.request("GET", urlsplit(team.url).path + "/[x", headers={"Authorization": f"Bearer {team.hub.user_token('alice')}"})
+    answer = connection.getresponse()
+    assert answer.status == 400, answer.read()
+    connection.close()
+    team.hub.spawn("alice")
+    session = team.hub.login("alice")
+    answer = session.get(team.hub.url("user/alice/mlflow/a%0d%0aSet-Cookie:%20x=1?b=1"), allow_redirects=False, timeout=60)
+    assert answer.status_code == 307 and answer.headers["Location"] == team.url + "a%0D%0ASet-Cookie:%20x=1?b=1"
+    assert "x" not in answer.cookies
 
 
 def test_hub_users_exist_in_mlflow_before_their_first_visit(team):

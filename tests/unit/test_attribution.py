@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from mlproxy_supervisor.hub import caller, identity
 from mlproxy_supervisor.hub.attribution import ROUTES, hub_user, names_user
 from tests.stack import ROOT
 
@@ -97,8 +98,14 @@ def test_other_keys_do_not(key):
     assert not names_user(key)
 
 
-def test_the_user_is_read_as_mlflows_auth_app_is_told_it():
-    """As hub/identity.py reads the header: stripped; nothing, or only spaces, names no one."""
-    assert hub_user(" alice ") == "alice"
-    assert hub_user("zoë") == "zoë"
-    assert hub_user(None) is None and hub_user("") is None and hub_user("  ") is None
+def test_the_user_is_read_as_mlflows_auth_app_is_told_it(monkeypatch):
+    """As hub/identity.py reads the headers: the name the service proved, decoded; no proof, or a
+    name folded from two headers, names no one."""
+    monkeypatch.setenv(identity.SECRET_ENV, "a-secret-of-this-test")
+    for name in ("alice", "zoë", "bob,alice", "名前"):
+        assert hub_user(caller.headers(name, False, "a-secret-of-this-test").get) == name
+    assert hub_user(caller.headers("alice", False, "another-secret").get) is None
+    assert hub_user({"X-MLproxy-User": "alice"}.get) is None and hub_user({}.get) is None
+    joined = {**caller.headers("bob", False, "a-secret-of-this-test")}
+    joined["X-MLproxy-User"] = "alice," + joined["X-MLproxy-User"]
+    assert hub_user(joined.get) is None

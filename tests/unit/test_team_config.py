@@ -67,7 +67,7 @@ def test_the_agent_probes_the_route_through_the_hubs_proxy(tmp_path):
     route = checks[("route", "readiness")]
     assert all(check.url.startswith("http://hub.example:8000/services/mlflow/") and check.authenticated for check in route)
     # MLflow's auth app wants a user on its socket: the agent's own, reserved name.
-    assert dict(checks[("mlflow", "readiness")][0].headers)[programs.USER_HEADER] == programs.AGENT_USER
+    assert checks[("mlflow", "readiness")][0].as_agent
     # The service's readiness must not depend on the Hub (a Hub down must not get it restarted).
     assert not any(check.authenticated for check in checks[("service", "readiness")])
 
