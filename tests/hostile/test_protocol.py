@@ -10,7 +10,9 @@ asserts what the attacker and the next client see, and that nothing changed in M
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 import uuid
 
@@ -168,8 +170,16 @@ def test_a_client_that_leaves_after_pipelining_gets_nothing_more_relayed(target)
     jupyter_log_size = target.jupyter_log.stat().st_size
     offset = target.log_size()
     connection = RawConnection(target.stack.jupyter_port)
-    connection.send(data)
-    connection.close()
+    # Jupyter frozen while the client sends and leaves, so that it finds all of it at once, the
+    # client's end of file included, however busy the machine (a busy one could otherwise relay
+    # a few before the client had even closed: those would be relayed rightly).
+    jupyter = target.stack.pid("jupyter")
+    os.kill(jupyter, signal.SIGSTOP)
+    try:
+        connection.send(data)
+        connection.close()
+    finally:
+        os.kill(jupyter, signal.SIGCONT)
     time.sleep(3)  # what Jupyter would still relay, it relays in this time (it took ~200 in 2 s before #21)
     relayed = target.mlflow_log_after(offset, unique("marker")).count(prefix)
     assert relayed <= 3, f"{relayed} of 300 requests relayed after the client left"
