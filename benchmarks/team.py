@@ -236,6 +236,8 @@ class Route:
     name: str
     base: str  # http://host:port/prefix, without the trailing slash
     headers: tuple[dict, ...]  # one per client: its credentials (or, direct to the team's MLflow, its user)
+    mlflow_pid: int  # the MLflow that answers, and the processes in between: whose CPU a request costs
+    hop_pids: tuple[int, ...] = ()
     unix_socket: str | None = None
 
 
@@ -283,9 +285,15 @@ def create_run(route: Route, client_index: int) -> str:
         client.close()
 
 
+def tree_cpu_seconds(pids: tuple[int, ...]) -> float:
+    return sum(procs.cpu_seconds(member) or 0.0 for pid in pids for member in procs.descendants(pid))
+
+
 def log_round(route: Route, run_ids: list[str], clients: int, calls: int) -> dict:
     """`calls` log-metric POSTs spread over `clients` threads, each on its own connection and run,
-    started together; every request's latency, and requests per second over the round's wall time."""
+    started together; every request's latency, requests per second over the round's wall time, and
+    the CPU time per request of MLflow and of the hop (which other work on the machine slows less
+    than it slows latency)."""
     latencies: list[float] = []
     errors: list[str] = []
     reconnects = []
@@ -326,13 +334,17 @@ def log_round(route: Route, run_ids: list[str], clients: int, calls: int) -> dic
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for thread in threads:
         thread.start()
+    cpu_before = tree_cpu_seconds((route.mlflow_pid,)), tree_cpu_seconds(route.hop_pids)
     start_together.wait()
     began = time.perf_counter()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - began
+    mlflow_cpu, hop_cpu = tree_cpu_seconds((route.mlflow_pid,)) - cpu_before[0], tree_cpu_seconds(route.hop_pids) - cpu_before[1]
     return {
         "p50_ms": _ms(percentile(latencies, 0.5)), "p99_ms": _ms(percentile(latencies, 0.99)), "per_s": round(len(latencies) / wall, 2),
+        "mlflow_cpu_ms": round(mlflow_cpu * 1000 / len(latencies), 3),
+        "hop_cpu_ms": round(hop_cpu * 1000 / len(latencies), 3) if route.hop_pids else None,
         "requests": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors)), "reconnects": sum(reconnects),
         "latencies_ms": [round(v * 1000, 2) for v in latencies],
     }  # fmt: skip
@@ -344,17 +356,22 @@ def routes(team: Team, single: Stack, clients: int) -> dict[str, Route]:
     # Direct to the team's MLflow: the headers the service sends (hub/service.py), so the auth app
     # does the same work (the user's permissions) as behind the service.
     as_service = tuple({USER_HEADER: user, ADMIN_HEADER: "false", "Host": f"127.0.0.1:{team.settings.mlflow.port}"} for user in users)
+    team_mlflow, single_mlflow = team.stack.pid("mlflow"), single.pid("mlflow")
+    tokens = tuple({"Authorization": f"Bearer {team.hub.user_token(u)}"} for u in users)
     return {
-        "direct": Route("direct", "http://localhost", as_service, unix_socket=team_socket),
-        "team": Route("team", team.settings.team_url.rstrip("/"), tuple({"Authorization": f"Bearer {team.hub.user_token(u)}"} for u in users)),
-        "single": Route("single", f"{single.base}/mlflow", tuple({"Authorization": f"token {single.token}"} for _ in users)),
-        "single_direct": Route("single_direct", "http://localhost", tuple({} for _ in users), unix_socket=single_socket),
+        "direct": Route("direct", "http://localhost", as_service, team_mlflow, unix_socket=team_socket),
+        # The hop: configurable-http-proxy and the service (the Hub is not asked about a token the service has cached)
+        "team": Route("team", team.settings.team_url.rstrip("/"), tokens, team_mlflow, (team.hub.proxy.pid, team.stack.pid("service"))),
+        "single": Route("single", f"{single.base}/mlflow", tuple({"Authorization": f"token {single.token}"} for _ in users), single_mlflow, (single.pid("jupyter"),)),
+        "single_direct": Route("single_direct", "http://localhost", tuple({} for _ in users), single_mlflow, unix_socket=single_socket),
     }
 
 
 def _median_rounds(rounds: list[dict]) -> dict:
+    hop = [r["hop_cpu_ms"] for r in rounds if r["hop_cpu_ms"] is not None]
     return {
-        **{key: round(statistics.median(r[key] for r in rounds), 3) for key in ("p50_ms", "p99_ms", "per_s")},
+        **{key: round(statistics.median(r[key] for r in rounds), 3) for key in ("p50_ms", "p99_ms", "per_s", "mlflow_cpu_ms")},
+        "hop_cpu_ms": round(statistics.median(hop), 3) if hop else None,
         "runs": len(rounds), "requests": sum(r["requests"] for r in rounds), "errors": sum(r["errors"] for r in rounds),
         "error_kinds": sorted({kind for r in rounds for kind in r["error_kinds"]}), "reconnects": sum(r["reconnects"] for r in rounds),
     }  # fmt: skip
@@ -391,7 +408,7 @@ def measure_token_check(team: Team, runs: int, tokens: int) -> dict:
     user, so MLflow's side is the same. Also the Hub's CPU time per new token over the round."""
     user = "bench01"
     cached_token = team.hub.user_token(user)
-    route = Route("team", team.settings.team_url.rstrip("/"), ({"Authorization": f"Bearer {cached_token}"},))
+    route = Route("team", team.settings.team_url.rstrip("/"), ({"Authorization": f"Bearer {cached_token}"},), team.stack.pid("mlflow"))
     rounds = []
     for _ in range(runs):
         fresh = [new_token(team.hub, user) for _ in range(tokens)]  # up front: their making is not timed
@@ -472,17 +489,20 @@ def markdown(results: dict) -> str:
     lines += [
         f"Logging: `POST {API}/runs/log-metric`, c clients (threads, each with its own keep-alive connection and run), "
         f"{conditions['calls']} calls per round, median of {conditions['runs']} rounds with the routes interleaved; "
-        "ratios to MLflow direct on the team stack's socket (with the header the service sets):",
+        "ratios to MLflow direct on the team stack's socket (with the header the service sets). CPU time per request (ms; "
+        "/proc/PID/stat over each round): MLflow's, and the hop's (configurable-http-proxy and the service on the team route, "
+        "Jupyter on the single-user one):",
         "",
-        "| c | route | requests/s | p50 (ms) | p99 (ms) | requests/s of direct | p50 of direct | errors |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| c | route | requests/s | p50 (ms) | p99 (ms) | requests/s of direct | p50 of direct | MLflow CPU | hop CPU | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for level, by_route in results["logging"].items():
         for name, value in by_route.items():
             m, ratio = value["median"], summary["of_direct"][level][name]
             errors = f"**{m['errors']}** ({', '.join(m['error_kinds'])})" if m["errors"] else "0"
+            hop = "-" if m["hop_cpu_ms"] is None else f"{m['hop_cpu_ms']:.2f}"
             lines.append(f"| {level.removeprefix('c=')} | {LABELS[name]} | {m['per_s']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-                         f"{ratio['per_s_of_direct']:.0%} | ×{ratio['p50_of_direct']:.2f} | {errors} |")
+                         f"{ratio['per_s_of_direct']:.0%} | ×{ratio['p50_of_direct']:.2f} | {m['mlflow_cpu_ms']:.2f} | {hop} | {errors} |")
     lines += ["", f"![Latency and throughput by route and clients]({LATENCY_PLOT.relative_to(DOC.parent).as_posix()})", ""]
     token = results["token_check"]["median"]
     lines += [
