@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -424,11 +425,16 @@ class Hub:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # --- users -------------------------------------------------------------------------
-    def password(self, user: str) -> str:
-        return self._passwords[user]
-
     def uid(self, user: str) -> int:
         return pwd.getpwnam(user).pw_uid
+
+    @contextlib.contextmanager
+    def logging_in(self, user: str) -> Iterator[str]:
+        """This harness's password for `user`, set again and held for a login: another harness on
+        this machine (a second test run) may have set its own meanwhile."""
+        with users_lock():
+            set_password(user, self._passwords[user])
+            yield self._passwords[user]
 
     def login(self, user: str) -> requests.Session:
         """Logs `user` in through the Hub's login form (GET for the _xsrf cookie, POST the form), as
@@ -437,10 +443,9 @@ class Hub:
         session = requests.Session()  # one client: the Hub's _xsrf is bound to IP and User-Agent
         form = session.get(self.url("hub/login"), timeout=30)
         assert form.status_code == 200 and session.cookies.get("_xsrf", path="/hub/"), f"login form: {form.status_code}\n{self.tails()}"
-        with users_lock():
-            set_password(user, self._passwords[user])  # another harness may have set its own meanwhile
+        with self.logging_in(user) as password:
             answer = session.post(self.url("hub/login"), allow_redirects=False, timeout=60, data={
-                "username": user, "password": self._passwords[user], "_xsrf": session.cookies.get("_xsrf", path="/hub/")})  # fmt: skip
+                "username": user, "password": password, "_xsrf": session.cookies.get("_xsrf", path="/hub/")})  # fmt: skip
         assert answer.status_code == 302 and "jupyterhub-hub-login" in session.cookies, (
             f"login as {user}: {answer.status_code} {answer.text[:300]}\n{self.tails()}")  # fmt: skip
         session.headers["X-XSRFToken"] = session.cookies.get("_xsrf", path="/hub/")

@@ -43,10 +43,11 @@ def browser(playwright, tmp_path):
 
 def log_in_at_the_hub(page, team, user: str) -> None:
     page.goto(team.hub.url("hub/login"))
-    page.get_by_label("Username").fill(user)
-    page.get_by_label("Password").fill(team.hub.password(user))
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).not_to_have_url(re.compile(r"/hub/login"), timeout=SLOW_MS)
+    with team.hub.logging_in(user) as password:
+        page.get_by_label("Username").fill(user)
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page).not_to_have_url(re.compile(r"/hub/login"), timeout=SLOW_MS)
 
 
 def test_the_lab_tile_opens_mlflow_behind_the_hubs_login_and_the_ui_writes(team, browser):
