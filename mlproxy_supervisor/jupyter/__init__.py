@@ -22,9 +22,10 @@ from jupyter_server_proxy.handlers import AddSlashHandler
 from tornado import web
 from tornado.routing import HostMatches, Rule
 
-from ..config import ConfigError, Settings, locate_stack
+from ..config import ConfigError, Settings
 from ..programs import TEAM_PORT_ENV, TEAM_URL_ENV
 from ..relay import scrub
+from ..running import locate_stack
 from .proxy import MLflowProxyHandler
 from .routes import MLflowPortMatches
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlproxy_supervisor.exits import EXIT_CONFIG
+from mlproxy_supervisor.exits import EXIT_CONFIG, EXIT_DOWN
 from tests.stack import ROOT, Stack, port_is_free, processes_under
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,7 @@ def test_mlflow_beyond_loopback_is_refused(tmp_path):
 def test_config_show_masks_passwords(tmp_path):
     stack = Stack(tmp_path / "state", config='[mlflow]\nbackend_store_uri = "postgresql://ml:s3cret@db.internal/mlflow"\n')
     result = stack.mlproxy("config", "show")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == EXIT_DOWN, result.stderr  # shown, and no stack runs
     assert "s3cret" not in result.stdout and "postgresql://ml:***@db.internal/mlflow" in result.stdout
 
 

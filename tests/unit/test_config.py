@@ -139,7 +139,9 @@ def test_readme_configuration_reference_is_current():
 
 
 def test_resolved_file_is_read_back_whatever_the_environment_says(monkeypatch, tmp_path):
-    from mlproxy_supervisor.config import RESOLVED_ENV, locate_stack, read_resolved, write_resolved
+    from mlproxy_supervisor import rpc
+    from mlproxy_supervisor.config import RESOLVED_ENV, read_resolved, write_resolved
+    from mlproxy_supervisor.running import locate_stack
 
     monkeypatch.setenv("MLPROXY_STATE_DIR", "reldata")  # relative: resolved against this directory, once
     monkeypatch.setenv("MLPROXY_JUPYTER__PORT", "38888")
@@ -156,11 +158,16 @@ def test_resolved_file_is_read_back_whatever_the_environment_says(monkeypatch, t
     assert again.state_dir == tmp_path / "reldata" and again.jupyter.port == 38888
     assert again.model_dump() == settings.model_dump()
     monkeypatch.setenv(RESOLVED_ENV, str(path))
+    assert locate_stack().jupyter.port == 8888, "MLPROXY_* variables name a stack of their own"
+    monkeypatch.delenv("MLPROXY_JUPYTER__PORT")  # inside the stack: `up` left none of them
+    monkeypatch.delenv("MLPROXY_STATE_DIR")
     assert locate_stack().jupyter.port == 38888
 
     monkeypatch.delenv(RESOLVED_ENV)
     monkeypatch.setenv("MLPROXY_STATE_DIR", str(tmp_path / "reldata"))
-    found = locate_stack()  # another shell that names only the state directory
+    assert locate_stack().jupyter.port == 8888, "no supervisord answers: the resolved file is stale"
+    monkeypatch.setattr(rpc, "answers", lambda socket_path, timeout=2.0: True)
+    found = locate_stack()  # another shell that names only the state directory of a running stack
     assert found.jupyter.port == 38888 and found.resolved_from == path
 
 
