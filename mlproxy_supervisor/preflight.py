@@ -118,12 +118,37 @@ def _writable_directory(path: Path, key: str, mode: int = 0o755) -> Problem | No
             fix = f"move the file away, or {elsewhere}"
         elif error.errno == errno.EROFS:
             fix = f"{elsewhere}, on a writable file system"
-        elif error.errno in (errno.EACCES, errno.EPERM) and _owned_by_someone_else(path):
+        elif (kind := kernel_filesystem(path)) is not None:  # /proc, /sys: no owner can fix that
+            fix = f"{path} is on {kind}, a kernel file system that keeps no data: {elsewhere}, on an ordinary file system"
+        elif _owned_by_someone_else(path):
             fix = f"chown {current_user()} {path} (or {elsewhere})"
-        else:  # /proc, /sys, a mount that refuses new directories: no owner can fix that
+        else:
             fix = f"{elsewhere}, on an ordinary writable file system"
         return Problem(f"{key} {path} is not writable by user {current_user()}: {error.strerror}", fix)
     return None
+
+
+# File systems the kernel makes up (its state, its devices): nothing can keep data there.
+KERNEL_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+    "pstore", "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "binfmt_misc", "efivarfs",
+})  # fmt: skip
+
+
+def kernel_filesystem(path: Path) -> str | None:
+    """The kernel file system `path` would be on (its type, e.g. "proc"), if it is on one."""
+    try:
+        mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return None
+    target = str(path.absolute())
+    on = []
+    for _, point, kind, *_ in mounts:
+        point = point.replace("\\040", " ")  # a space in a mount point
+        if point == "/" or target == point or target.startswith(point + "/"):
+            on.append((len(point), kind))
+    kind = max(on)[1] if on else None  # the longest mount point that holds the path
+    return kind if kind in KERNEL_FILESYSTEMS else None
 
 
 def _owned_by_someone_else(path: Path) -> bool:

@@ -101,10 +101,8 @@ class Stack:
 
     @property
     def runtime_home(self) -> Path:
-        """The stack's user's $XDG_RUNTIME_DIR (0700, as pam_systemd makes it)."""
-        path = self.state_dir.parent / f"{self.state_dir.name}.xdg-runtime"
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return path
+        """The stack's user's $XDG_RUNTIME_DIR (`up` makes it, 0700, when it records the stack)."""
+        return self.state_dir.parent / f"{self.state_dir.name}.xdg-runtime"
 
     def second_shell(self, *args: str, cwd: Path, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
         """`mlproxy ARGS` typed in another terminal of the stack's user: another working directory,
