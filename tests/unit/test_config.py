@@ -130,11 +130,11 @@ def test_unspecified_jupyter_ip_is_reached_on_loopback(tmp_path):
     assert settings.jupyter_local_url == "http://127.0.0.1:8888/lab"
 
 
-def test_readme_configuration_reference_is_current():
+def test_configuration_reference_is_current():
     from mlproxy_supervisor.config_reference import reference_markdown
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("<!-- config-reference:start -->\n")[1].split("\n<!-- config-reference:end -->")[0]
+    document = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    section = document.split("<!-- config-reference:start -->\n")[1].split("\n<!-- config-reference:end -->")[0]
     assert section == reference_markdown(), "run scripts/sync-readme"
 
 
