@@ -26,22 +26,24 @@ from .config import CONFIG_PATH_ENV, ENV_PREFIX, RESOLVED_ENV, ConfigError, Sett
 from .files import write_atomically
 
 
-def records_dir() -> Path:
-    """Where this user's running stacks are recorded: a per-user runtime location."""
+def records_dir() -> Path | None:
+    """Where this user's running stacks are recorded: a per-user runtime location (None: this
+    user has none, e.g. a uid with no home directory)."""
     if runtime := os.environ.get("XDG_RUNTIME_DIR"):
         return Path(runtime) / "mlproxy"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlproxy"
-
-
-def _record_path(resolved_file: Path) -> Path:
-    digest = hashlib.sha256(str(resolved_file).encode()).hexdigest()[:16]
-    return records_dir() / f"stack-{digest}.json"
+    try:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlproxy"
+    except RuntimeError:
+        return None
 
 
 def record(settings: Settings) -> Path | None:
     """Record the stack `up` runs (best effort: a home directory we may not write loses only the
     convenience). Returns the record, for `forget`."""
-    path = _record_path(settings.resolved_file)
+    directory = records_dir()
+    if directory is None:
+        return None
+    path = directory / f"stack-{hashlib.sha256(str(settings.resolved_file).encode()).hexdigest()[:16]}.json"
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomically(path, json.dumps({"resolved": str(settings.resolved_file)}) + "\n", 0o600)
@@ -67,8 +69,9 @@ def recorded_stacks() -> list[Settings]:
     """The running stacks `up` recorded for this user; stale records are skipped (and removed
     when their resolved file is gone: that `up` has ended)."""
     stacks = []
+    directory = records_dir()
     try:
-        paths = sorted(records_dir().glob("stack-*.json"))
+        paths = sorted(directory.glob("stack-*.json")) if directory is not None else []
     except OSError:
         return []
     for path in paths:

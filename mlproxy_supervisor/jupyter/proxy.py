@@ -59,6 +59,8 @@ class MLflowProxyHandler(RelayHandler, NamedLocalProxyHandler):
             # Logged in now (Jupyter set its login cookie): the same page without the token, so
             # it leaves the address bar, the history and what a screenshot shows.
             self.set_header("Cache-Control", "no-store")
+            # Answered before the (streamed) body is read, tornado hangs up after it: say so.
+            self.set_header("Connection", "close")
             self.redirect(scrub.strip_url(self.request.uri, self.secret))
 
     def _token_in_address_bar(self) -> bool:
