@@ -4,7 +4,8 @@
 stack in a per-user place that a second shell finds with no configuration at all: one small 0600
 file per running stack, naming its resolved file, under $XDG_RUNTIME_DIR/mlproxy/ (else
 $XDG_CACHE_HOME/mlproxy/ or ~/.cache/mlproxy/), removed when `up` ends. A record whose resolved
-file is gone, or whose supervisord does not answer, is ignored.
+file is gone, or whose supervisord does not answer, is ignored. Under systemd nothing is recorded:
+the unit's configuration (/etc/mlproxy/mlproxy.toml, on the search path) names the stack.
 
 The observing commands (status, url, env, config show, logs, stop, doctor, ctl) and a Jupyter
 server started by hand use, in order: the configuration when one is given (--config,

@@ -312,7 +312,9 @@ class Supervision:
         )
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self.request_stop)
-        self.record = running.record(settings)  # a second shell finds this stack with no configuration
+        # A second shell finds this stack with no configuration. Under systemd the unit's own
+        # configuration (/etc/mlproxy) names it already, and the service user's home is no place for it.
+        self.record = None if started_by_systemd() else running.record(settings)
 
     def request_stop(self, signum=None, frame=None) -> None:
         if not self.stopping:
