@@ -109,7 +109,8 @@ def locate_stack(config_file: Path | None = None) -> Settings:
         if len(stacks) == 1:
             return stacks[0]
         if stacks:
-            listed = "\n".join(f"  state_dir {stack.state_dir} ({stack.source})" for stack in stacks)
+            where = lambda stack: stack.team_url if stack.team_mode else stack.jupyter_local_url  # noqa: E731
+            listed = "\n".join(f"  state_dir {stack.state_dir}: {where(stack)}" for stack in sorted(stacks, key=lambda s: s.state_dir))
             raise ConfigError(
                 f"{len(stacks)} mlproxy stacks are running:\n{listed}\n"
                 "name one: --config FILE, or MLPROXY_STATE_DIR=<its state_dir>"
