@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from .config import RESOLVED_ENV, ConfigError, Settings, config_search_path, load_settings, locate_stack, read_resolved
-from .exits import EXIT_CONFIG, EXIT_DOWN, EXIT_INTERRUPTED
+from .config import RESOLVED_ENV, ConfigError, Settings, config_search_path, load_settings, read_resolved
+from .exits import EXIT_CONFIG, EXIT_DOWN, EXIT_INTERRUPTED, STATUS_EXIT
+from .running import locate_stack
 
 
 def _settings(args) -> Settings:
@@ -18,8 +19,8 @@ def _settings(args) -> Settings:
 
 
 def _running(args) -> Settings:
-    """The running stack's resolved configuration (status, url, doctor, ctl), whatever this
-    shell's environment says; the configuration itself when no stack runs."""
+    """The running stack's resolved configuration (status, url, env, config show, logs, stop,
+    doctor, ctl), found from any shell (running.py); the configuration itself when none runs."""
     return locate_stack(args.config)
 
 
@@ -38,10 +39,28 @@ def cmd_agent(args) -> int:
     return main(read_resolved(Path(resolved)))
 
 
-def cmd_logs(args) -> int:
+def cmd_logforward(args) -> int:
     from .logforward import main
 
     return main(to_journal=args.journal)
+
+
+def cmd_logs(args) -> int:
+    from . import logs
+
+    return logs.run(_running(args), args.program, args.follow, args.lines)
+
+
+def cmd_stop(args) -> int:
+    from . import stop
+
+    return stop.run(_running(args), args.timeout)
+
+
+def cmd_env(args) -> int:
+    from . import client_env
+
+    return client_env.run(_running(args), "json" if args.json else "dotenv" if args.dotenv else "sh")
 
 
 def cmd_config(args) -> int:
@@ -50,20 +69,24 @@ def cmd_config(args) -> int:
 
         print(reference_markdown())
         return 0
-    settings = _settings(args)
     if args.action == "check":
+        settings = _settings(args)
         print(f"configuration OK ({settings.source})")
         return 0
-    print(f"# effective configuration, from {settings.source} and MLPROXY_* variables; secrets masked")
+    settings = _running(args)
+    if settings.resolved_from is not None:
+        print(f"# the running stack's configuration, as `mlproxy up` resolved it into {settings.resolved_from}; secrets masked")
+    else:
+        print(f"# no stack is running; what `mlproxy up` would use, from {settings.source}; secrets masked")
     print("# file search order: --config, $MLPROXY_CONFIG, " + ", ".join(str(p) for p in config_search_path()))
     print(json.dumps(settings.redacted(), indent=2))
-    return 0
+    return 0 if settings.resolved_from is not None else EXIT_DOWN
 
 
 def cmd_status(args) -> int:
     from . import status
 
-    return status.run(_running(args), args.json, args.wait, args.timeout)
+    return status.run(lambda: _running(args), args.json, args.wait, args.timeout)
 
 
 def cmd_doctor(args) -> int:
@@ -86,18 +109,23 @@ def cmd_restore(args) -> int:
 
 def cmd_url(args) -> int:
     from .credentials import CredentialError, read_token
+    from .status import current_status
 
     settings = _running(args)
+    status = current_status(settings)
+    if status.overall == "down":  # a URL that leads nowhere would only mislead
+        print(f"mlproxy url: {status.summary}; start it with `mlproxy up`", file=sys.stderr)
+        return EXIT_DOWN
     if settings.team_mode:  # users log in at the Hub: no token in the URL
         print(settings.team_url)
-        return 0
-    try:
-        token = read_token(settings.jupyter.token_file)
-    except CredentialError as error:
-        print(f"mlproxy url: {error}", file=sys.stderr)
-        return 1
-    print(f"{settings.jupyter_local_url}/{args.route}?token={token}")
-    return 0
+    else:
+        try:
+            token = read_token(settings.jupyter.token_file)
+        except CredentialError as error:
+            print(f"mlproxy url: {error}", file=sys.stderr)
+            return 1
+        print(f"{settings.jupyter_local_url}/{args.route}?token={token}")
+    return STATUS_EXIT[status.overall]
 
 
 def cmd_ctl(args) -> int:
@@ -141,6 +169,13 @@ class _DescribedSubparsers:
         kwargs.setdefault("description", kwargs.get("help"))
         return self._subparsers.add_parser(name, **kwargs)
 
+    def add_internal(self, name: str, description: str, **kwargs) -> argparse.ArgumentParser:
+        """A command only supervisord runs: not in `mlproxy --help`."""
+        parser = self._subparsers.add_parser(name, description=description, **kwargs)
+        # argparse (3.11) lists help=SUPPRESS as "==SUPPRESS==": leave the listing out instead.
+        self._subparsers._choices_actions = [a for a in self._subparsers._choices_actions if a.dest != name]
+        return parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     config_help = "TOML config file (default: the search order `mlproxy config show` prints)"
@@ -159,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     status = commands.add_parser(
-        "status", parents=[common], help="show the stack's status (exit 0 ready, 1 starting/degraded, 2 down)"
+        "status", parents=[common], help="show the running stack's status (exit 0 ready, 1 starting/degraded, 2 down)"
     )
     status.add_argument("--json", action="store_true", help="print the status document")
     status.add_argument("--wait", action="store_true", help="block until ready (or --timeout)")
@@ -167,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     config = commands.add_parser(
-        "config", parents=[common], help="check, show (effective, secrets masked) or document the configuration"
+        "config", parents=[common],
+        help="check, show (the running stack's, secrets masked; exit 2 when none runs) or document the configuration",
     )
     config.add_argument("action", choices=("check", "show", "reference"))
     config.set_defaults(func=cmd_config)
@@ -185,9 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("source", type=Path, help="a directory written by `mlproxy backup`")
     restore.set_defaults(func=cmd_restore)
 
-    url = commands.add_parser("url", parents=[common], help="print the URL to open, token included")
+    url = commands.add_parser("url", parents=[common], help="print the URL to open, token included (exit 2 while down)")
     url.add_argument("route", nargs="?", default="mlflow/", help="path under Jupyter (default mlflow/)")
     url.set_defaults(func=cmd_url)
+
+    env = commands.add_parser(
+        "env", parents=[common],
+        help='print MLFLOW_TRACKING_URI and MLFLOW_TRACKING_TOKEN for the running stack: eval "$(mlproxy env)"',
+    )
+    form = env.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="as a JSON object")
+    form.add_argument("--dotenv", action="store_true", help="as KEY=VALUE lines (docker --env-file, EnvironmentFile=)")
+    env.set_defaults(func=cmd_env)
+
+    stop = commands.add_parser("stop", parents=[common], help="stop the running stack, in order, as Ctrl-C in `mlproxy up` does")
+    stop.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it to stop (default 120)")
+    stop.set_defaults(func=cmd_stop)
+
+    logs = commands.add_parser("logs", parents=[common], help="print (-f: follow) the programs' logs, e.g. `mlproxy logs mlflow -f`")
+    logs.add_argument("program", nargs="?", help="one program: mlflow, jupyter, agent, supervisord (team mode: service)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C ends)")
+    logs.add_argument("-n", "--lines", type=int, default=40, help="lines of each log to start with (default 40)")
+    logs.set_defaults(func=cmd_logs)
 
     ctl = commands.add_parser("ctl", parents=[common], help="supervisorctl for this stack, e.g. `mlproxy ctl status`")
     ctl.add_argument("args", nargs=argparse.REMAINDER)
@@ -205,9 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent = commands.add_parser("agent", parents=[common], help="(used by supervisord) the health agent")
     agent.set_defaults(func=cmd_agent)
 
-    logs = commands.add_parser("logs", help="(used by supervisord) copy program output to stdout or the journal")
-    logs.add_argument("--journal", action="store_true", help="to systemd's journal, tagged mlproxy-<program>")
-    logs.set_defaults(func=cmd_logs)
+    forward = commands.add_internal("_logforward", "(used by supervisord) copy program output to stdout or the journal")
+    forward.add_argument("--journal", action="store_true", help="to systemd's journal, tagged mlproxy-<program>")
+    forward.set_defaults(func=cmd_logforward)
     return parser
 
 

@@ -6,6 +6,7 @@ resolved attribute or property here, so no other module guesses a location.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import ipaddress
 import json
@@ -392,6 +393,11 @@ class Settings(BaseSettings):
         return self.team.hub_api_url is not None
 
     @property
+    def state_dir_is_default(self) -> bool:
+        """Whether state_dir is the default location, the only one `up` creates with its parents."""
+        return self.state_dir == _default_state_dir().expanduser().absolute()
+
+    @property
     def services(self) -> tuple[str, ...]:
         """The programs the agent starts and watches, in dependency order."""
         return TEAM_SERVICES if self.team_mode else SINGLE_USER_SERVICES
@@ -544,12 +550,13 @@ class _ResolvedSettings(Settings):
         return (init_settings,)
 
 
-def write_resolved(settings: Settings) -> Path:
-    """Write the resolved configuration for the stack's processes and later CLI calls."""
+def write_resolved(settings: Settings, up: dict | None = None) -> Path:
+    """Write the resolved configuration for the stack's processes and later CLI calls; `up` says
+    who runs the stack (running.UpProcess: its pid, and whether systemd started it)."""
     from .files import write_atomically
 
     document = {"config_file": str(settings.config_file) if settings.config_file else None,
-                "settings": settings.model_dump(mode="json")}  # fmt: skip
+                "settings": settings.model_dump(mode="json"), "up": up}  # fmt: skip
     write_atomically(settings.resolved_file, json.dumps(document, indent=2) + "\n")
     return settings.resolved_file
 
@@ -567,20 +574,6 @@ def read_resolved(path: Path) -> Settings:
     settings._config_file = Path(config_file) if config_file else None
     settings._resolved_from = Path(path)
     return settings
-
-
-def locate_stack(config_file: Path | None = None) -> Settings:
-    """The settings of the running stack this command is about: the file named by
-    $MLPROXY_RESOLVED_CONFIG (inside the stack), else the one in the runtime directory the
-    configuration names; without a running stack, the configuration itself."""
-    if config_file is None and (named := os.environ.get(RESOLVED_ENV)):
-        return read_resolved(Path(named))
-    settings = load_settings(config_file)
-    try:
-        running = settings.resolved_file.is_file()
-    except OSError:  # a runtime directory this user may not enter
-        running = False
-    return read_resolved(settings.resolved_file) if running else settings
 
 
 def _absolute(value: Any) -> Any:
@@ -642,14 +635,35 @@ def _known_env_names(model: type[BaseModel], prefix: str) -> set[str]:
     return names
 
 
+def _did_you_mean(given: str, known: list[str], quote: str = "`", prefix: str = "") -> str:
+    """" (did you mean `port`?)" for a near miss, else "". Names sharing `prefix` are compared
+    without it (every variable starts with MLPROXY_)."""
+    stems = [name.removeprefix(prefix) for name in known if name.startswith(prefix)]
+    close = difflib.get_close_matches(given.removeprefix(prefix), stems, n=1, cutoff=0.7)
+    return f" (did you mean {quote}{prefix}{close[0]}{quote}?)" if close else ""
+
+
 def _check_environment() -> None:
     known = _known_env_names(Settings, ENV_PREFIX) | {CONFIG_PATH_ENV, RESOLVED_ENV}
     unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
     if unknown:
+        named = ", ".join(name + _did_you_mean(name.upper(), sorted(known), quote="", prefix=ENV_PREFIX) for name in unknown)
         raise ConfigError(
-            f"unknown environment variable(s) {', '.join(unknown)}; "
+            f"unknown environment variable(s) {named}; "
             "run `mlproxy config reference` to see the valid keys (MLPROXY_<SECTION>__<KEY>)"
         )
+
+
+def _keys_beside(location: tuple) -> list[str]:
+    """The valid keys of the section an unknown key `location` was found in."""
+    model: type[BaseModel] = Settings
+    for part in location[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
 
 
 def _given(problem: dict, message: str) -> str:
@@ -688,7 +702,8 @@ def load_settings(config_file: Path | None = None) -> Settings:
                 key = variable
             message = problem["msg"].removeprefix("Value error, ")
             if problem["type"] == "extra_forbidden":
-                message = "unknown key; `mlproxy config reference` lists the valid keys"
+                near = _did_you_mean(str(problem["loc"][-1]), _keys_beside(problem["loc"])) if problem["loc"] else ""
+                message = f"unknown key{near}; `mlproxy config reference` lists the valid keys"
             lines.append(f"  {key}: {message}{_given(problem, message)}")
         raise ConfigError("\n".join(lines)) from None
     settings._config_file = path.absolute() if path is not None else None

@@ -18,10 +18,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import credentials, local_http, preflight, procfs, rpc
-from .config import RESOLVED_ENV, ConfigError, Settings, locate_stack
+from .config import RESOLVED_ENV, ConfigError, Settings
 from .programs import SERVICE_READINESS
 from .redact import redact_uri
 from .rpc import Supervisor
+from .running import locate_stack
 
 TIMEOUT = 5.0
 

@@ -1,4 +1,4 @@
-"""`mlproxy logs`: a supervisord event listener that copies each program's output out.
+"""`mlproxy _logforward`: a supervisord event listener that copies each program's output out.
 
 Under systemd (the journal) and in containers (`podman logs`), every server's output belongs
 outside the stack's files. supervisord could write program output straight to /dev/stdout, but
@@ -67,6 +67,9 @@ def _stop(signum, frame) -> None:
 
 
 def main(to_journal: bool = False) -> int:
+    if sys.stdin.isatty():  # a person typed it: this speaks supervisord's event protocol only
+        print("mlproxy _logforward is supervisord's event listener; read the logs with `mlproxy logs [PROGRAM] [-f]`", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _stop)
     journal = Journal() if to_journal else None
     pending: dict[str, str] = {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import procfs, rpc
-from .config import Settings
+from .config import ENV_PREFIX, Settings
 from .console import started_by_systemd
 from .files import current_user
 from .store import schema
@@ -118,10 +118,65 @@ def _writable_directory(path: Path, key: str, mode: int = 0o755) -> Problem | No
             fix = f"move the file away, or {elsewhere}"
         elif error.errno == errno.EROFS:
             fix = f"{elsewhere}, on a writable file system"
-        else:
+        elif (kind := kernel_filesystem(path)) is not None:  # /proc, /sys: no owner can fix that
+            fix = f"{path} is on {kind}, a kernel file system that keeps no data: {elsewhere}, on an ordinary file system"
+        elif _owned_by_someone_else(path):
             fix = f"chown {current_user()} {path} (or {elsewhere})"
+        else:
+            fix = f"{elsewhere}, on an ordinary writable file system"
         return Problem(f"{key} {path} is not writable by user {current_user()}: {error.strerror}", fix)
     return None
+
+
+# File systems the kernel makes up (its state, its devices): nothing can keep data there.
+KERNEL_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+    "pstore", "bpf", "configfs", "fusectl", "mqueue", "hugetlbfs", "binfmt_misc", "efivarfs",
+})  # fmt: skip
+
+
+def kernel_filesystem(path: Path) -> str | None:
+    """The kernel file system `path` would be on (its type, e.g. "proc"), if it is on one."""
+    try:
+        mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return None
+    target = str(path.absolute())
+    on = []
+    for _, point, kind, *_ in mounts:
+        point = point.replace("\\040", " ")  # a space in a mount point
+        if point == "/" or target == point or target.startswith(point + "/"):
+            on.append((len(point), kind))
+    kind = max(on)[1] if on else None  # the longest mount point that holds the path
+    return kind if kind in KERNEL_FILESYSTEMS else None
+
+
+def _owned_by_someone_else(path: Path) -> bool:
+    """Whether `path` (or, when it does not exist yet, its nearest existing parent) belongs to
+    another user: then chown is the fix."""
+    existing = next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
+    try:
+        return existing is not None and existing.stat().st_uid != os.geteuid()
+    except OSError:
+        return False
+
+
+def check_state_dir_parent(settings: Settings) -> list[Problem]:
+    """A state_dir whose parent does not exist is most likely a typo (/srv/mlporxy/state): making
+    it whole would start an empty store with a new token, and the user's runs would seem gone.
+    Only the default location is made with its parents."""
+    state = settings.state_dir
+    if state.exists() or state.parent.is_dir() or settings.state_dir_is_default:
+        return []
+    missing = next(parent for parent in reversed(state.parents) if not parent.exists())
+    return [
+        Problem(
+            f"state_dir {state} does not exist, and neither does {missing} ({settings.source}); "
+            "mlproxy does not create a state directory's parents: a typo there would start an empty store",
+            f"correct state_dir (MLPROXY_STATE_DIR) if it is mistyped; to keep the data at this new place, "
+            f"create its parent first: mkdir -p {state.parent}",
+        )
+    ]
 
 
 def writable_directories(settings: Settings) -> list[tuple[Path, str]]:
@@ -137,7 +192,10 @@ def writable_directories(settings: Settings) -> list[tuple[Path, str]]:
 
 
 def check_directories(settings: Settings) -> list[Problem]:
-    problems, unusable = [], []
+    problems = check_state_dir_parent(settings)
+    if problems:
+        return problems
+    unusable = []
     for path, key in writable_directories(settings):
         if any(path == bad or bad in path.parents for bad in unusable):
             continue  # inside a directory already reported: one cause, one message
@@ -166,21 +224,38 @@ def describe_port_owner(port: int) -> str:
     return ", ".join(owners) or "another process"
 
 
-def port_problem(host: str, port: int, key: str) -> Problem | None:
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on host:port (None: it could)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
         try:
             probe.bind((host, port))
         except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                return Problem(
-                    f"port {port} ({key}) on {host} is already in use by {describe_port_owner(port)}",
-                    f"stop that process, or set {key} to a free port",
-                    may_pass=True,
-                )
-            return Problem(f"cannot bind {host}:{port} ({key}): {error.strerror}", f"set {key} to a usable port", may_pass=True)
+            return error
     return None
+
+
+def how_to_set(key: str, value: object) -> str:
+    """How a person sets one key: in the config file, or with its MLPROXY_* variable."""
+    section, _, name = key.rpartition(".")
+    where = f"[{section}] {name} = {value}" if section else f"{name} = {value}"
+    return f"`{where}` in mlproxy.toml, or {ENV_PREFIX}{key.upper().replace('.', '__')}={value}"
+
+
+def port_problem(host: str, port: int, key: str) -> Problem | None:
+    error = _bind_error(host, port)
+    if error is None:
+        return None
+    free = next((other for other in range(port + 1, min(port + 100, 65536)) if _bind_error(host, other) is None), None)
+    choose = f"choose another port: {how_to_set(key, free or '<port>')}"
+    if error.errno == errno.EADDRINUSE:
+        return Problem(
+            f"port {port} ({key}) on {host} is already in use by {describe_port_owner(port)}",
+            f"stop that process, or {choose}" + (f" ({free} is free now)" if free else ""),
+            may_pass=True,
+        )
+    return Problem(f"cannot bind {host}:{port} ({key}): {error.strerror}", choose, may_pass=True)
 
 
 def check_ports(settings: Settings) -> list[Problem]:
@@ -202,7 +277,7 @@ def check_not_running(settings: Settings) -> list[Problem]:
         return []
     return [
         Problem(f"mlproxy is already running (supervisord socket {settings.socket_path})",
-                "use `mlproxy status`, or stop it first (`mlproxy ctl shutdown` or `systemctl stop mlproxy`)",
+                "use `mlproxy status`, or stop it first (`mlproxy stop`, or `systemctl stop mlproxy` under systemd)",
                 may_pass=True)
     ]
 

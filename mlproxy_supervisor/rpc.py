@@ -109,6 +109,10 @@ class Supervisor:
             if "NOT_RUNNING" not in fault.faultString:
                 raise
 
+    def shutdown(self) -> None:
+        """Stop every program (in reverse priority order) and exit."""
+        self._call("shutdown")
+
     def tail(self, name: str, length: int = 2000) -> str:
         """The last bytes of a program's log, or '' when it logs elsewhere (stdout mode)."""
         try:

@@ -7,6 +7,7 @@ until ready: what scripts use instead of `sleep 3`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from . import rpc
 from .config import Settings
@@ -91,12 +92,17 @@ def render_table(status: StatusDocument) -> str:
     return "\n".join(lines)
 
 
-def run(settings: Settings, as_json: bool, wait: bool, timeout: float) -> int:
+def run(locate: Callable[[], Settings], as_json: bool, wait: bool, timeout: float) -> int:
+    """`locate` finds the stack (running.locate_stack); while waiting it is asked again until a
+    running stack is found, since `mlproxy up` records its stack only once supervisord runs."""
+    settings = locate()
     status = current_status(settings)
     if wait:
         deadline = time.monotonic() + timeout
         while status.overall != "ready" and time.monotonic() < deadline:
             time.sleep(0.2)
+            if settings.resolved_from is None:
+                settings = locate()
             status = current_status(settings)
     print(status.to_json().rstrip() if as_json else render_table(status))
     return STATUS_EXIT.get(status.overall, EXIT_DOWN)

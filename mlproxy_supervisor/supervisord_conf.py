@@ -16,7 +16,7 @@ from . import templates
 from .config import Settings
 from .programs import programs as stack_programs
 
-LOG_FORWARDER = "logs"  # stdout and journal modes: copies every program's lines out
+LOG_FORWARDER = "logforward"  # stdout and journal modes: copies every program's lines out
 LOG_MAXBYTES = "10MB"
 LOG_BACKUPS = 5
 
@@ -29,11 +29,11 @@ def _logging(settings: Settings) -> str:
     """Programs always log to files: the agent quotes a failing program's last lines from them."""
     logfile = f"stdout_logfile={_escape(settings.log_dir)}/%(program_name)s.log\nredirect_stderr=true\n"
     if settings.log_target == "stdout":
-        # Small files only for the agent's log tail; the `logs` listener copies output to stdout.
+        # Small files only for the agent's log tail (and `mlproxy logs`); the `logforward` listener copies output to stdout.
         return logfile + "stdout_logfile_maxbytes=1MB\nstdout_logfile_backups=1\nstdout_events_enabled=true"
     logfile += f"stdout_logfile_maxbytes={LOG_MAXBYTES}\nstdout_logfile_backups={LOG_BACKUPS}"
     if settings.log_target == "journal":
-        # The `logs` listener sends each line to the journal tagged with its program
+        # The `logforward` listener sends each line to the journal tagged with its program
         # (journalctl -t mlproxy-mlflow); supervisord's own syslog copy would tag them all
         # "supervisord.py".
         logfile += "\nstdout_events_enabled=true"
@@ -41,10 +41,10 @@ def _logging(settings: Settings) -> str:
 
 
 def _listener(settings: Settings) -> dict[str, str]:
-    """Where the `logs` listener sends program output, and where its own errors go."""
+    """Where the `logforward` listener sends program output, and where its own errors go."""
     if settings.log_target == "journal":
         # Under systemd stdout is a socket, which supervisord cannot open as /dev/stdout.
-        output = f"stderr_logfile={_escape(settings.log_dir)}/logs.log\nstderr_logfile_maxbytes=1MB\nstderr_logfile_backups=1"
+        output = f"stderr_logfile={_escape(settings.log_dir)}/logforward.log\nstderr_logfile_maxbytes=1MB\nstderr_logfile_backups=1"
         return {"log_destination": "--journal", "listener_output": output}
     return {"log_destination": "", "listener_output": "stderr_logfile=/dev/stdout\nstderr_logfile_maxbytes=0"}
 

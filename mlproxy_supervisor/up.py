@@ -3,7 +3,10 @@
 supervisord runs as our child in its own session, so Ctrl-C reaches only us: we turn SIGINT,
 SIGTERM and SIGHUP into one orderly supervisord shutdown (Jupyter stops before MLflow, by
 priority). As a child subreaper we also inherit anything a crashed supervisord leaves behind,
-and kill it, so no process outlives `up` and both ports end free.
+and kill it, so no process outlives `up` and both ports end free. However `up` itself ends
+(kill -9, the OOM killer, a closed tmux pane), supervisord gets SIGTERM from the kernel (its
+parent-death signal) and stops the stack in the same order; under systemd, systemd owns the
+stack instead.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import credentials, launch, preflight, procfs, rpc, supervisord_conf
+from . import credentials, launch, preflight, procfs, rpc, running, supervisord_conf
 from .agent.notify import Notifier
 from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .console import say, started_by_systemd
@@ -30,6 +33,7 @@ from .store import postgres, schema
 from .timings import ORPHAN_GRACE
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
 # Read here and never passed on: a JUPYTER_TOKEN given to `up` is stored in the token file,
 # which is the one source the programs read.
 CONSUMED_ENV = (credentials.TOKEN_ENV,)
@@ -50,6 +54,23 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: orphans go to init instead
+
+
+def _die_with_parent(parent: int):
+    """supervisord's preexec_fn: SIGTERM (an ordered stop) when `up` ends, however it ends. The
+    signal follows the thread that forked, and `up` is single-threaded when it spawns."""
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+    except (OSError, AttributeError):
+        return None  # not Linux
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # `up` died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 def _kill_orphans(grace: float = ORPHAN_GRACE) -> None:
@@ -199,9 +220,9 @@ STACK_UMASK = 0o077
 
 def prepare_runtime(settings: Settings) -> Path:
     """Resolve the configuration once, into the 0700 runtime directory: the resolved file (the
-    agent, Jupyter's extension and later CLI calls read it), the launch files, supervisord's
-    configuration. Returns supervisord's configuration file."""
-    write_resolved(settings)
+    agent, Jupyter's extension and later CLI calls read it; it names this `up`, for `mlproxy
+    stop`), the launch files, supervisord's configuration. Returns supervisord's configuration file."""
+    write_resolved(settings, up={"pid": os.getpid(), "systemd": started_by_systemd()})
     settings.programs_dir.mkdir(mode=0o700, exist_ok=True)
     launch.write_launch_files(settings)
     if settings.team_mode:
@@ -286,9 +307,14 @@ class Supervision:
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(prepared.conf)],
             env=prepared.env,
             start_new_session=True,  # Ctrl-C reaches us only; we ask supervisord to stop in order
+            # Under systemd the unit owns the stack (and stops it in order); elsewhere the stack ends with us.
+            preexec_fn=None if started_by_systemd() else _die_with_parent(os.getpid()),
         )
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self.request_stop)
+        # A second shell finds this stack with no configuration. Under systemd the unit's own
+        # configuration (/etc/mlproxy) names it already, and the service user's home is no place for it.
+        self.record = None if started_by_systemd() else running.record(settings)
 
     def request_stop(self, signum=None, frame=None) -> None:
         if not self.stopping:
@@ -344,21 +370,41 @@ class Supervision:
             self.notifier.status(f"down: supervisord {_ended(code)}; stopping what it left")
         _kill_orphans()
         self.settings.resolved_file.unlink(missing_ok=True)  # no running stack to describe any more
+        running.forget(self.record)
         say("stopped" if code == 0 else f"supervisord {_ended(code)}")
         return EXIT_FAILED if self.failed and code == 0 else code
+
+
+def _new_store(settings: Settings) -> bool:
+    """Whether this start makes a new MLflow store: no SQLite database yet, or no state directory
+    at all (a database server's store is the server's business)."""
+    database = settings.sqlite_database
+    return not settings.state_dir.exists() or (database is not None and not database.exists())
+
+
+def _in_container() -> bool:
+    return Path("/run/.containerenv").exists() or Path("/.dockerenv").exists()
+
+
+def announce(settings: Settings, new_store: bool) -> None:
+    """Where this stack's configuration and data are: a typo in either shows at once."""
+    source = "defaults" if settings.source == "built-in defaults" else settings.source
+    say(f"configuration: {source}")
+    say(f"state directory: {settings.state_dir}" + (" (new store: no runs yet)" if new_store else ""))
+    if os.geteuid() == 0 and new_store and not started_by_systemd() and not _in_container():
+        say("running as root; on a server prefer `mlproxy install`, which runs the stack as user mlproxy")
 
 
 def run(settings: Settings) -> int:
     # Under systemd, StatusText= is the agent's; what only `up` sees (a stop asked for,
     # supervisord gone) it says itself, so the status is never a stale "ready".
     notifier = Notifier()
+    announce(settings, _new_store(settings))
     try:
         prepared = prepare(settings, notifier)
     except CannotStart as refusal:
         for cause in refusal.causes:
             print(f"mlproxy: cannot start: {cause}", file=sys.stderr)
         return refusal.code
-    if os.geteuid() == 0:
-        say("running as root; on a server prefer `mlproxy install`, which runs the stack as user mlproxy")
     _become_subreaper()
     return Supervision(settings, prepared, notifier).watch()

@@ -88,12 +88,28 @@ class Stack:
         )
         if self.config_file is not None:
             env["MLPROXY_CONFIG"] = str(self.config_file)
+        # `up` records its running stack for a second shell of the same user (running.py), under
+        # $XDG_RUNTIME_DIR/mlproxy/: each test stack is one user's only stack, so that a shell
+        # with no configuration finds it, as it would on a user's machine.
+        env["XDG_RUNTIME_DIR"] = str(self.runtime_home)
         # JupyterLab keeps user settings and workspaces (open tabs) on the server, by default in
         # ~/.jupyter/lab: keep each test stack's own, so no run inherits another's layout.
         env["JUPYTERLAB_SETTINGS_DIR"] = str(self.state_dir / "lab" / "user-settings")
         env["JUPYTERLAB_WORKSPACES_DIR"] = str(self.state_dir / "lab" / "workspaces")
         env.update(self.extra_env)
         return env
+
+    @property
+    def runtime_home(self) -> Path:
+        """The stack's user's $XDG_RUNTIME_DIR (`up` makes it, 0700, when it records the stack)."""
+        return self.state_dir.parent / f"{self.state_dir.name}.xdg-runtime"
+
+    def second_shell(self, *args: str, cwd: Path, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+        """`mlproxy ARGS` typed in another terminal of the stack's user: another working directory,
+        no MLPROXY_* variables (`env` adds some)."""
+        shell = {k: v for k, v in self.env.items() if not k.startswith("MLPROXY_")}
+        return subprocess.run([sys.executable, "-m", "mlproxy_supervisor", *args], env={**shell, **(env or {})}, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
 
     def mlproxy(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -22,9 +22,11 @@ from jupyter_server_proxy.handlers import AddSlashHandler
 from tornado import web
 from tornado.routing import HostMatches, Rule
 
-from ..config import ConfigError, Settings, locate_stack
+from ..config import ConfigError, Settings
 from ..programs import TEAM_PORT_ENV, TEAM_URL_ENV
 from ..relay import scrub
+from ..running import locate_stack
+from . import mistakes
 from .proxy import MLflowProxyHandler
 from .routes import MLflowPortMatches
 
@@ -58,7 +60,13 @@ def _proxy_options() -> dict:
 
 def mlflow_server_process() -> dict:
     """jupyter-server-proxy server entry: proxy only (no command), prefix stripped. The port
-    names the route; with a socket, jupyter-server-proxy connects there instead."""
+    names the route; with a socket, jupyter-server-proxy connects there instead.
+
+    jupyter-server-proxy calls this in every Jupyter server of the environment, as it loads. Its
+    own handler for the entry has no origin check, so this is where mlproxy's routes go in front of
+    it too, even when the data file that enables mlproxy's extension is missing (an editable
+    install) or a user's own `jupyter lab` does not enable it."""
+    _install_on_running_server()
     unix_socket = _mlflow_socket()
     return {
         "port": _mlflow_port(),
@@ -83,6 +91,7 @@ def mlflow_routes(base_url: str, port: int, options: dict | None = None) -> list
         # Without the slash MLflow's page loads but its relative asset URLs miss: redirect.
         (MLflowPortMatches(base_url, port, "add-slash"), AddSlashHandler),
         (MLflowPortMatches(base_url, port, "refuse"), web.ErrorHandler, {"status_code": 403}),
+        *mistakes.routes(base_url, port),
     ]
 
 
@@ -111,6 +120,7 @@ def team_routes(base_url: str, port: int, team_url: str) -> list[tuple]:
         (MLflowPortMatches(base_url, port, "serve"), TeamRedirectHandler, options),
         (MLflowPortMatches(base_url, port, "add-slash"), TeamRedirectHandler, options),
         (MLflowPortMatches(base_url, port, "refuse"), web.ErrorHandler, {"status_code": 403}),
+        *mistakes.routes(base_url, port, team_url),
     ]
 
 
@@ -118,13 +128,35 @@ def _jupyter_server_extension_points():
     return [{"module": "mlproxy_supervisor.jupyter"}]
 
 
+def _install_on_running_server() -> None:
+    """mlproxy's routes on the Jupyter server this process runs, if it runs one (ServerApp's
+    instance, made before its extensions load)."""
+    from jupyter_server.serverapp import ServerApp
+
+    if ServerApp.initialized() and getattr(ServerApp.instance(), "web_app", None) is not None:
+        install_routes(ServerApp.instance())
+
+
 def _load_jupyter_server_extension(serverapp) -> None:
+    install_routes(serverapp)
+
+
+# Marks a Jupyter application whose routes are installed: the extension and the entry point both
+# install them, in either order, once.
+INSTALLED = "mlproxy_routes_installed"
+
+
+def install_routes(serverapp) -> None:
+    """Put mlproxy's routes first on this Jupyter server (once, however often called)."""
+    web_app = serverapp.web_app
+    if web_app.settings.get(INSTALLED):
+        return
+    web_app.settings[INSTALLED] = True
     token = getattr(serverapp.identity_provider, "token", None)
     if token:
         # Whatever writes to Jupyter's log (tornado's request summaries, Jupyter's access log and
         # header dumps, jupyter-server-proxy), the token is masked in it, in any encoding.
         scrub.scrub_logs([serverapp.log, logging.getLogger()], token)
-    web_app = serverapp.web_app
     team_url = os.environ.get(TEAM_URL_ENV)
     try:
         port = int(os.environ.get(TEAM_PORT_ENV, 0)) or _mlflow_port()

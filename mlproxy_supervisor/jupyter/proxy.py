@@ -19,6 +19,7 @@ from tornado.tcpclient import TCPClient
 from ..config import JupyterSettings
 from ..relay import scrub
 from ..relay.handler import RelayHandler
+from . import mistakes
 
 # The limits' defaults, as the configuration states them (a Jupyter server given no options).
 DEFAULT_MAX_UPLOAD_SIZE = JupyterSettings.model_fields["max_upload_size"].default
@@ -45,12 +46,31 @@ class MLflowProxyHandler(RelayHandler, NamedLocalProxyHandler):
 
     # --- Jupyter's login, as an MLflow client understands it ------------------------------------
     async def authenticate(self) -> None:
+        # A plain look at the raw query, before the login reads the wrong token from it.
+        if misplaced := mistakes.token_in_tracking_uri(self):
+            raise web.HTTPError(400, misplaced)
         try:
             await NamedLocalProxyHandler.prepare(self)  # authenticates; redirects (browsers) or refuses if not
         except web.HTTPError as refusal:
             if refusal.status_code == 403 and self.current_user is None and self._api_client():
                 raise self._unauthenticated() from None  # a write without credentials
             raise
+        if not self._finished and self._token_in_address_bar():
+            # Logged in now (Jupyter set its login cookie): the same page without the token, so
+            # it leaves the address bar, the history and what a screenshot shows.
+            self.set_header("Cache-Control", "no-store")
+            # Answered before the (streamed) body is read, tornado hangs up after it: say so.
+            self.set_header("Connection", "close")
+            self.redirect(scrub.strip_url(self.request.uri, self.secret))
+
+    def _token_in_address_bar(self) -> bool:
+        """A browser's page request that logged in with ?token=."""
+        return (
+            self.request.method == "GET"
+            and self.current_user is not None
+            and not self._api_client()
+            and any(scrub.is_token_key(key) for key in self.request.query_arguments)
+        )
 
     def get_login_url(self) -> str:
         """Where tornado's @authenticated sends an unauthenticated GET. Both JupyterHandler.prepare

@@ -25,8 +25,10 @@ UNAVAILABLE_PAGE = """<!doctype html>
 """
 
 
-def write(handler, status_code: int, message: str | None) -> None:
-    """Finish `handler` (a tornado RequestHandler) with our answer for `status_code`."""
+def write(handler, status_code: int, message: str | None, error_code: str | None = None) -> None:
+    """Finish `handler` (a tornado RequestHandler) with our answer for `status_code`; `error_code`
+    (one of MLflow's) where ERROR_CODES has none for it."""
+    handler.set_status(status_code)
     if status_code in (502, 503, 504):
         handler.set_header("Retry-After", str(RETRY_AFTER))
     # Answered before the body was read, tornado hangs up after this response without saying so:
@@ -39,4 +41,4 @@ def write(handler, status_code: int, message: str | None) -> None:
         handler.finish(UNAVAILABLE_PAGE.format(retry=RETRY_AFTER, message=html.escape(message or "")))
     else:
         handler.set_header("Content-Type", "application/json")
-        handler.finish(json.dumps({"error_code": ERROR_CODES[status_code], "message": message}))
+        handler.finish(json.dumps({"error_code": error_code or ERROR_CODES[status_code], "message": message}))

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from mlproxy_supervisor.exits import EXIT_CONFIG
+from mlproxy_supervisor.exits import EXIT_CONFIG, EXIT_DOWN
 from tests.stack import ROOT, Stack, port_is_free, processes_under
 
 pytestmark = pytest.mark.integration
@@ -44,6 +47,19 @@ def test_unknown_key_is_an_error(tmp_path):
     _nothing_started(stack)
 
 
+def test_a_mistyped_key_or_variable_gets_the_near_one(tmp_path):
+    stack = Stack(tmp_path / "state", config="[jupyter]\nprot = 8890\n")
+    for command in (("up",), ("config", "check")):
+        result = stack.mlproxy(*command)
+        assert result.returncode == EXIT_CONFIG
+        assert "jupyter.prot: unknown key (did you mean `port`?)" in result.stderr, result.stderr
+    stack = Stack(tmp_path / "state", env={"MLPROXY_JUPYTER__PROT": "8890"})
+    result = stack.mlproxy("config", "check")
+    assert result.returncode == EXIT_CONFIG
+    assert "MLPROXY_JUPYTER__PROT (did you mean MLPROXY_JUPYTER__PORT?)" in result.stderr, result.stderr
+    _nothing_started(stack)
+
+
 def test_unknown_environment_variable_is_an_error(tmp_path):
     stack = Stack(tmp_path / "state", env={"MLPROXY_MLFLOW__WORKER": "2"})
     result = stack.mlproxy("config", "check")
@@ -59,7 +75,7 @@ def test_mlflow_beyond_loopback_is_refused(tmp_path):
 def test_config_show_masks_passwords(tmp_path):
     stack = Stack(tmp_path / "state", config='[mlflow]\nbackend_store_uri = "postgresql://ml:s3cret@db.internal/mlflow"\n')
     result = stack.mlproxy("config", "show")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == EXIT_DOWN, result.stderr  # shown, and no stack runs
     assert "s3cret" not in result.stdout and "postgresql://ml:***@db.internal/mlflow" in result.stdout
 
 
@@ -73,6 +89,10 @@ def test_port_in_use_is_named(tmp_path):
     assert result.returncode == 1  # may pass by itself (a process ending): worth systemd's retry
     assert f"port {stack.jupyter_port} (jupyter.port)" in result.stderr
     assert f"pid {os.getpid()}" in result.stderr, "the message should say who holds the port"
+    # The fix names the setting, its variable and a port that is free.
+    free = re.search(r"MLPROXY_JUPYTER__PORT=(\d+) \(\1 is free now\)", result.stderr)
+    assert free and "`[jupyter] port = " in result.stderr, result.stderr
+    assert port_is_free(int(free[1]))
     assert "{" not in result.stderr and "Traceback" not in result.stderr, result.stderr  # no Python dict, no traceback
     assert not (stack.state_dir / "run" / "supervisord.sock").exists()
 
@@ -106,6 +126,37 @@ def test_unwritable_state_directory(unwritable_directory):
         assert "chown" not in result.stderr and "writable file system" in result.stderr, result.stderr
     assert [p.name for p in unwritable_directory.iterdir()] == ["mlflow.db"]
     assert (unwritable_directory / "mlflow.db").read_bytes() == b"precious"
+
+
+@pytest.fixture()
+def short_tmp_path():
+    """A short directory: the supervisord socket under state_dir must fit AF_UNIX."""
+    path = Path(tempfile.mkdtemp(prefix="mlp-"))
+    yield path
+    shutil.rmtree(path)
+
+
+def test_a_state_dir_under_a_missing_parent_is_refused_with_the_path_and_the_fix(short_tmp_path):
+    """A typo in state_dir (mlporxy) must not start an empty store with a new token."""
+    tmp_path = short_tmp_path
+    state = tmp_path / "srv" / "mlporxy" / "state"
+    stack = Stack(state)
+    result = subprocess.run([sys.executable, "-m", "mlproxy_supervisor", "up"], env=stack.env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == EXIT_CONFIG, result.stdout + result.stderr
+    assert f"state_dir {state} does not exist, and neither does {tmp_path / 'srv'}" in result.stderr, result.stderr
+    assert "MLPROXY_STATE_DIR" in result.stderr and f"mkdir -p {state.parent}" in result.stderr
+    assert not (tmp_path / "srv").exists(), "nothing may be created for a mistyped state_dir"
+    assert f"state directory: {state}" in result.stdout, "the banner names the state directory"
+
+
+def test_a_state_dir_on_a_kernel_file_system_is_not_offered_chown(tmp_path):
+    stack = Stack(Path("/proc/mlproxy"))
+    result = subprocess.run([sys.executable, "-m", "mlproxy_supervisor", "up"], env=stack.env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "state_dir /proc/mlproxy is not writable" in result.stderr and "kernel file system" in result.stderr, result.stderr
+    assert "chown" not in result.stderr, result.stderr
 
 
 def test_missing_database_driver(tmp_path):

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from mlproxy_supervisor.exits import EXIT_DOWN
 from tests.stack import Stack, cmdlines, port_is_free, processes_under
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,35 @@ def test_ctrl_c_stops_everything(stack):
     stack.process.send_signal(signal.SIGINT)
     _stopped_cleanly(stack, stack.process.wait(60))
     stack.start()  # leave it running for the module's teardown
+
+
+def test_stop_from_another_shell_stops_everything_in_order(stack, tmp_path):
+    stopped = stack.second_shell("stop", cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    _stopped_cleanly(stack, stack.process.wait(60))
+    again = stack.second_shell("stop", cwd=tmp_path)
+    assert again.returncode == EXIT_DOWN and "not running" in again.stderr, again.stderr
+    stack.start()
+    # The banner names the state directory; only the first start of it made a new store, and the
+    # root hint (when there is one) came with that first start only.
+    banners = [line for line in stack.output.read_text().splitlines() if line.startswith("mlproxy: state directory: ")]
+    assert banners[0] == f"mlproxy: state directory: {stack.state_dir} (new store: no runs yet)", banners
+    assert banners[-1] == f"mlproxy: state directory: {stack.state_dir}", banners
+    last_start = stack.output.read_text().rsplit("mlproxy: configuration: ", 1)[1]
+    assert "running as root" not in last_start, last_start
+
+
+def test_kill_9_of_up_leaves_nothing_running(stack):
+    """A closed terminal that sent no SIGHUP, the OOM killer, a killed tmux pane."""
+    stack.process.kill()
+    stack.process.wait(30)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and (processes_under(stack.state_dir) or not all(map(port_is_free, stack.ports.values()))):
+        time.sleep(0.5)
+    assert not processes_under(stack.state_dir), processes_under(stack.state_dir)
+    assert all(port_is_free(port) for port in stack.ports.values()), stack.ports
+    assert stack.mlproxy("status").returncode == EXIT_DOWN
+    stack.start()  # a new `up` starts at once: nothing says "already running"
 
 
 def _log_time(line: str) -> float:

@@ -25,6 +25,7 @@ from tests.support.s3 import S3Server
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(binaries() is None, reason="PostgreSQL is not installed (apt-get install postgresql)"),
+    pytest.mark.skipif(not S3Server.installed(), reason="Ceph is not installed (scripts/setup installs it, as root)"),
 ]
 
 def host_config(postgres: Postgres, s3: S3Server, credentials_file: str | None = None) -> str:

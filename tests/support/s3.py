@@ -76,6 +76,10 @@ class S3Server:
 
     PORTS = 61  # port .. port+60, for free_port(span=S3Server.PORTS)
 
+    @staticmethod
+    def installed() -> bool:
+        return all(shutil.which(name) for name in BINARIES)
+
     def __init__(self, port: int, bucket: str = "mlproxy-artifacts"):
         missing = [name for name in BINARIES if shutil.which(name) is None]
         if missing:

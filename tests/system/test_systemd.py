@@ -190,8 +190,8 @@ def test_watchdog_reaches_the_agent(box):
 def test_operator_commands_as_root(box):
     # supervisord says RUNNING once a program has lived for its startsecs (up to 8 s), which on a
     # fast start can be after the route already works: give it that long.
-    # With the journal, the `logs` listener runs too (it tags each program's lines).
-    running = {"agent": "RUNNING", "jupyter": "RUNNING", "logs": "RUNNING", "mlflow": "RUNNING"}
+    # With the journal, the `logforward` listener runs too (it tags each program's lines).
+    running = {"agent": "RUNNING", "jupyter": "RUNNING", "logforward": "RUNNING", "mlflow": "RUNNING"}
 
     def listing():
         output = mlproxy(box, "ctl", "status").stdout

@@ -201,3 +201,15 @@ def test_doctor_checks_the_service_and_the_route_through_the_hub(team):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[ok  ] Hub service reaches MLflow" in result.stdout
     assert "[ok  ] MLflow through the Hub's proxy" in result.stdout
+
+
+def test_env_url_and_logs_from_a_second_shell_name_the_teams_mlflow(team, tmp_path):
+    """The operator's second shell (no configuration): the team's URL, and each user's own Hub token."""
+    env = team.stack.second_shell("env", cwd=tmp_path)
+    assert env.returncode == 0, env.stderr
+    assert env.stdout == f"export MLFLOW_TRACKING_URI={team.url.rstrip('/')}\n"
+    assert "your own Hub API token" in env.stderr, env.stderr
+    url = team.stack.second_shell("url", cwd=tmp_path)
+    assert (url.returncode, url.stdout.strip()) == (0, team.url), url.stderr
+    logs = team.stack.second_shell("logs", "service", "-n", "5", cwd=tmp_path)
+    assert logs.returncode == 0 and logs.stdout.strip(), logs.stderr

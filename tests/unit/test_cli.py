@@ -51,3 +51,9 @@ def test_closed_pipe_ends_quietly(tmp_path):
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) != 0
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_the_internal_listener_is_not_offered_to_people(tmp_path):
+    listing = mlproxy("--help", cwd=tmp_path).stdout
+    assert "_logforward" not in listing and "SUPPRESS" not in listing
+    assert "  logs " in listing and "  stop " in listing and "  env " in listing

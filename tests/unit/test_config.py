@@ -130,16 +130,18 @@ def test_unspecified_jupyter_ip_is_reached_on_loopback(tmp_path):
     assert settings.jupyter_local_url == "http://127.0.0.1:8888/lab"
 
 
-def test_readme_configuration_reference_is_current():
+def test_configuration_reference_is_current():
     from mlproxy_supervisor.config_reference import reference_markdown
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("<!-- config-reference:start -->\n")[1].split("\n<!-- config-reference:end -->")[0]
+    document = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    section = document.split("<!-- config-reference:start -->\n")[1].split("\n<!-- config-reference:end -->")[0]
     assert section == reference_markdown(), "run scripts/sync-readme"
 
 
 def test_resolved_file_is_read_back_whatever_the_environment_says(monkeypatch, tmp_path):
-    from mlproxy_supervisor.config import RESOLVED_ENV, locate_stack, read_resolved, write_resolved
+    from mlproxy_supervisor import rpc
+    from mlproxy_supervisor.config import RESOLVED_ENV, read_resolved, write_resolved
+    from mlproxy_supervisor.running import locate_stack
 
     monkeypatch.setenv("MLPROXY_STATE_DIR", "reldata")  # relative: resolved against this directory, once
     monkeypatch.setenv("MLPROXY_JUPYTER__PORT", "38888")
@@ -156,11 +158,16 @@ def test_resolved_file_is_read_back_whatever_the_environment_says(monkeypatch, t
     assert again.state_dir == tmp_path / "reldata" and again.jupyter.port == 38888
     assert again.model_dump() == settings.model_dump()
     monkeypatch.setenv(RESOLVED_ENV, str(path))
+    assert locate_stack().jupyter.port == 8888, "MLPROXY_* variables name a stack of their own"
+    monkeypatch.delenv("MLPROXY_JUPYTER__PORT")  # inside the stack: `up` left none of them
+    monkeypatch.delenv("MLPROXY_STATE_DIR")
     assert locate_stack().jupyter.port == 38888
 
     monkeypatch.delenv(RESOLVED_ENV)
     monkeypatch.setenv("MLPROXY_STATE_DIR", str(tmp_path / "reldata"))
-    found = locate_stack()  # another shell that names only the state directory
+    assert locate_stack().jupyter.port == 8888, "no supervisord answers: the resolved file is stale"
+    monkeypatch.setattr(rpc, "answers", lambda socket_path, timeout=2.0: True)
+    found = locate_stack()  # another shell that names only the state directory of a running stack
     assert found.jupyter.port == 38888 and found.resolved_from == path
 
 

@@ -35,11 +35,11 @@ def test_stdout_mode_forwards_program_output_and_keeps_a_tail_file(tmp_path):
     text = supervisord_conf.render_program("jupyter", config)
     assert "stdout_events_enabled=true" in text and f"stdout_logfile={tmp_path}/logs/" in text
     assert "logfile=/dev/stdout" in supervisord_conf.render_main(config, tmp_path)
-    assert supervisord_conf.programs(config) == ("agent", "mlflow", "jupyter", "logs")
+    assert supervisord_conf.programs(config) == ("agent", "mlflow", "jupyter", "logforward")
     assert supervisord_conf.programs(settings(tmp_path)) == ("agent", "mlflow", "jupyter")
     parser = configparser.RawConfigParser()
-    parser.read_string(supervisord_conf.render_program("logs", config))
-    assert parser["eventlistener:logs"]["events"] == "PROCESS_LOG"
+    parser.read_string(supervisord_conf.render_program("logforward", config))
+    assert parser["eventlistener:logforward"]["events"] == "PROCESS_LOG"
 
 
 def test_main_config_has_only_a_private_unix_socket(tmp_path):

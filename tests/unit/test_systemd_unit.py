@@ -112,14 +112,14 @@ def test_journal_log_target_keeps_files_and_copies_each_programs_lines_to_the_jo
     assert "stdout_logfile=/var/log/mlproxy/%(program_name)s.log" in program
     # Not supervisord's syslog copy, which tags every line `supervisord.py`: the listener's.
     assert "stdout_syslog" not in program and "stdout_events_enabled=true" in program
-    assert "logs" in supervisord_conf.programs(config)
-    listener = supervisord_conf.render_program("logs", config)
-    assert "mlproxy_supervisor logs --journal" in listener
-    assert "stderr_logfile=/var/log/mlproxy/logs.log" in listener and "/dev/stdout" not in listener
+    assert "logforward" in supervisord_conf.programs(config)
+    listener = supervisord_conf.render_program("logforward", config)
+    assert "mlproxy_supervisor _logforward --journal" in listener
+    assert "stderr_logfile=/var/log/mlproxy/logforward.log" in listener and "/dev/stdout" not in listener
     assert "silent=false" in supervisord_conf.render_main(config, tmp_path)
     files = settings(log_target="files")
     assert "stdout_events_enabled" not in supervisord_conf.render_program("mlflow", files)
-    assert "logs" not in supervisord_conf.programs(files)
+    assert "logforward" not in supervisord_conf.programs(files)
     assert "silent=true" in supervisord_conf.render_main(files, tmp_path)
 
 
@@ -189,7 +189,7 @@ def test_the_printed_fix_runs_as_the_services_user_under_systemd(monkeypatch):
 
 
 def test_the_log_listener_ends_a_requested_stop_with_status_0():
-    listener = subprocess.Popen([sys.executable, "-m", "mlproxy_supervisor", "logs", "--journal"],
+    listener = subprocess.Popen([sys.executable, "-m", "mlproxy_supervisor", "_logforward", "--journal"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     assert listener.stdout.readline() == b"READY\n"  # it waits for an event, as under supervisord
     listener.send_signal(signal.SIGTERM)

@@ -153,3 +153,20 @@ def test_configure_says_to_start_the_stack_first_when_its_state_directory_is_mis
     settings.state_dir.rmdir()
     with pytest.raises(ConfigError, match="start the team stack first"):
         hub.configure(Config(), team_config_file)
+
+
+def test_env_prints_the_team_url_and_says_the_token_is_the_users_hub_token(tmp_path, monkeypatch, capsys):
+    from mlproxy_supervisor import client_env
+    from mlproxy_supervisor.status_document import StatusDocument
+
+    monkeypatch.setattr(client_env, "current_status", lambda settings: StatusDocument(overall="ready", summary="ready"))
+    assert client_env.run(team_settings(tmp_path), "sh") == 0
+    out, err = capsys.readouterr()
+    assert out == "export MLFLOW_TRACKING_URI=http://hub.example:8000/services/mlflow\n"
+    assert "your own Hub API token" in err and "http://hub.example:8000/hub/token" in err and "$JUPYTERHUB_API_TOKEN" in err
+
+
+def test_logs_lists_the_team_stacks_programs(tmp_path):
+    from mlproxy_supervisor import logs
+
+    assert list(logs.log_files(team_settings(tmp_path))) == ["supervisord", "agent", "mlflow", "service"]
