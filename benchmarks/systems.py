@@ -91,9 +91,9 @@ def _stop_groups(processes: list[subprocess.Popen]) -> None:
 class Mlproxy:
     """`mlproxy up` in the foreground, as a child of the benchmark."""
 
-    def __init__(self, state_dir: Path, ports: Ports):
+    def __init__(self, state_dir: Path, ports: Ports, env: dict[str, str] | None = None):
         self.state_dir, self.ports = state_dir, ports
-        self.env = mlproxy_env(state_dir, ports)
+        self.env = {**mlproxy_env(state_dir, ports), **(env or {})}  # env: MLPROXY_* settings of this variant
         self.settings = settings_for(self.env)
         self.mlflow_socket = self.settings.mlflow_socket  # MLflow's own listener (None: its TCP port)
         self.output = state_dir.parent / f"{state_dir.name}.up.log"

@@ -226,6 +226,12 @@ class ProbeSettings(_Section):
 
 
 class AgentSettings(_Section):
+    start_order: Literal["parallel", "ordered"] = Field(
+        "parallel",
+        description="parallel: MLflow and its front door (Jupyter, or the Hub service) start at once; requests reach "
+        "MLflow only once the agent finds it ready (503 + Retry-After before). ordered: the front door's process "
+        "starts only once MLflow is ready.",
+    )
     startup_period: Seconds = Field(0.1, description="Probe period while a service or the route is not ready yet (fast poll).")
     mlflow_startup_budget: Seconds = Field(
         120, description="Seconds MLflow may take to become ready before it counts as failed."
@@ -423,6 +429,11 @@ class Settings(BaseSettings):
     @property
     def status_file(self) -> Path:
         return self.runtime_dir / "status.json"
+
+    @property
+    def traffic_gate_file(self) -> Path:
+        """Present while the agent lets requests through to MLflow (traffic_gate.py)."""
+        return self.runtime_dir / "mlflow-admitted"
 
     @property
     def resolved_file(self) -> Path:

@@ -62,10 +62,21 @@ def distinct_lines(lines: list[str]) -> list[str]:
     return [line if counts[line] == 1 else f"{line}  ({counts[line]} times)" for line in ordered]
 
 
+def start_timings(status: StatusDocument) -> str | None:
+    """How long the last start of each service and of the route took, from the agent's events."""
+    latest = {}
+    for entry in status.events:
+        if entry.event == "ready" and " after " in entry.detail:  # not "again, 12 ms" (a recovered probe)
+            latest[entry.service] = entry.detail.split(" (")[0]
+    return "; ".join(f"{name} ready {detail}" for name, detail in latest.items()) or None
+
+
 def render_table(status: StatusDocument) -> str:
     lines = [f"mlproxy: {status.overall} - {status.summary}"]
     if status.urls:
         lines.append(f"MLflow: {status.urls.mlflow}  (also {status.urls.proxy})")
+    if timings := start_timings(status):
+        lines.append(f"Started: {timings}")
     if status.services:
         rows = [("SERVICE", "STATE", "PHASE", "PID", "UPTIME", "RESTARTS", "LAST PROBE")]
         for name, service in status.services.items():

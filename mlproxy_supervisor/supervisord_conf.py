@@ -60,6 +60,7 @@ def render_program(name: str, settings: Settings) -> str:
         state_dir=_escape(settings.state_dir),
         programs_dir=_escape(shlex.quote(str(settings.programs_dir))),  # supervisord splits commands like a shell
         logging=_logging(settings),
+        front_door_autostart="true" if settings.agent.start_order == "parallel" else "false",
         **_listener(settings),
     )
 

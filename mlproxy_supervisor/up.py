@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import credentials, launch, preflight, procfs, rpc, running, supervisord_conf
+from . import credentials, launch, preflight, procfs, rpc, running, supervisord_conf, traffic_gate
 from .agent.notify import Notifier
 from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .console import say, started_by_systemd
@@ -223,6 +223,7 @@ def prepare_runtime(settings: Settings) -> Path:
     agent, Jupyter's extension and later CLI calls read it; it names this `up`, for `mlproxy
     stop`), the launch files, supervisord's configuration. Returns supervisord's configuration file."""
     write_resolved(settings, up={"pid": os.getpid(), "systemd": started_by_systemd()})
+    traffic_gate.close(settings.traffic_gate_file)  # an earlier stack's: this MLflow is not ready yet
     settings.programs_dir.mkdir(mode=0o700, exist_ok=True)
     launch.write_launch_files(settings)
     if settings.team_mode:

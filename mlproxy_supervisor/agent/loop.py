@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import replace
 
-from .. import credentials, procfs
+from .. import credentials, procfs, traffic_gate
 from ..config import Settings
 from ..programs import AGENT_USER
 from ..rpc import ALIVE_STATES, STOPPED, Supervisor, SupervisorUnavailable
@@ -51,7 +51,8 @@ def kill_group(pgid: int) -> None:
 def restore_memory(settings: Settings, supervisor_pid: int | None) -> Memory:
     """Carry counters over from the previous agent of the same supervisord, if any."""
     previous = StatusDocument.read(settings.status_file)
-    memory = Memory.of(settings.services)
+    # The gate as the previous agent left it: its MLflow keeps its requests while we probe it again.
+    memory = replace(Memory.of(settings.services), admitted=traffic_gate.admitted_pid(settings.traffic_gate_file))
     if previous is None or supervisor_pid is None or previous.supervisord is None or previous.supervisord.pid != supervisor_pid:
         return memory
     services = dict(memory.services)
@@ -173,6 +174,7 @@ class Agent:
         memory, actions, events = reconcile.reconcile(memory, seen, self.settings.agent)
         for event in events:
             log(self.events.record(event, seen.wall))
+        self._gate(memory.admitted)  # before acting: a hung MLflow gets no more requests before it is killed
         for action in actions:
             self.execute(action)
         self._reap_leftovers(previous_pids, processes)
@@ -202,6 +204,15 @@ class Agent:
         if self.metrics is not None:
             self.metrics.close()
         return 0
+
+    def _gate(self, admitted: int | None) -> None:
+        path = self.settings.traffic_gate_file
+        if admitted == traffic_gate.admitted_pid(path):
+            return
+        if admitted is None:
+            traffic_gate.close(path)
+        else:
+            traffic_gate.open_for(path, admitted)
 
     def _reap_leftovers(self, previous: dict[str, int], processes: dict) -> None:
         """Kill what is left of a program's old process group (e.g. `mlflow server`'s uvicorn

@@ -158,6 +158,7 @@ class Memory:
     ever_ready: bool = False
     supervisor_available: bool = True
     storage_problems: tuple[str, ...] = ()  # e.g. "the artifact store /data/artifacts: 0 MiB free"
+    admitted: int | None = None  # the MLflow process requests may reach (traffic_gate.py)
 
     @classmethod
     def of(cls, services: tuple[str, ...]) -> Memory:
@@ -181,6 +182,25 @@ def _startup_budget(service: str, settings: AgentSettings) -> float:
 def liveness_budget(settings: AgentSettings) -> float:
     """How long a hang may last before the agent acts: failure_threshold periods plus a timeout."""
     return settings.liveness.period * settings.liveness.failure_threshold + settings.liveness.timeout
+
+
+def start_dependencies(service: str, settings: AgentSettings) -> tuple[str, ...]:
+    """What must be ready before the agent starts `service`'s process. In parallel mode nothing:
+    supervisord starts the front door beside MLflow, and requests wait for MLflow instead
+    (traffic_gate.py, `mlflow_admission`)."""
+    return DEPENDS_ON[service] if settings.start_order == "ordered" else ()
+
+
+def mlflow_admission(memory: Memory, processes: dict[str, ProcessInfo], admitted: int | None) -> int | None:
+    """The MLflow process requests may reach (traffic_gate.py), None for none: the one that passed
+    its startup probe, for as long as it lives and the agent is not replacing it. A process that a
+    restarted agent adopts stays admitted while the new agent probes it again."""
+    info, mem = processes.get("mlflow"), memory.services["mlflow"]
+    if info is None:
+        return admitted  # supervisord did not answer: decide nothing
+    if info.state not in ALIVE_STATES or info.pid != mem.pid or mem.restart_pending:
+        return None
+    return info.pid if mem.started or admitted == info.pid else None
 
 
 def wants_log_tail(memory: Memory, info: ProcessInfo, now: float, settings: AgentSettings) -> bool:
@@ -237,14 +257,21 @@ def reconcile(memory: Memory, seen: Observation, settings: AgentSettings) -> tup
         mem = _follow_process(services[name], info, events, name, seen.now)
         mem = _track_progress(mem, name, seen)
         mem = _apply_probes(mem, name, seen, settings, events)
-        dependencies_ready = all(services[dep].ready for dep in DEPENDS_ON[name])
-        mem, action = _decide(mem, name, info, seen, settings, dependencies_ready, events)
+        waits_for = start_dependencies(name, settings)
+        mem, action = _decide(mem, name, info, seen, settings, waits_for, all(services[dep].ready for dep in waits_for), events)
         services[name] = mem
         if action is not None:
             actions.append(action)
 
     route = _apply_route_probe(memory.route, seen, settings, services, events)
     memory = replace(memory, services=services, route=route, storage_problems=_storage(memory, seen, events))
+    admitted = mlflow_admission(memory, seen.processes, memory.admitted)
+    if admitted != memory.admitted:
+        if admitted is None:
+            events.append(Event("mlflow", "held", "requests get 503 + Retry-After until MLflow is ready"))
+        else:
+            events.append(Event("mlflow", "admitted", f"requests go through to MLflow (pid {admitted})"))
+        memory = replace(memory, admitted=admitted)
     if memory.overall is Overall.READY and not memory.ever_ready:
         events.append(Event(ROUTE, "stack-ready", "the route works: MLflow answers through its front door"))
         memory = replace(memory, ever_ready=True)
@@ -371,6 +398,7 @@ def _decide(
     info: ProcessInfo,
     seen: Observation,
     settings: AgentSettings,
+    waits_for: tuple[str, ...],
     dependencies_ready: bool,
     events: list[Event],
 ) -> tuple[ServiceMemory, Start | Restart | None]:
@@ -384,7 +412,7 @@ def _decide(
     if state in (STOPPED, EXITED):
         if not dependencies_ready:
             return replace(mem, phase=Phase.WAITING), None
-        events.append(Event(name, "start", "dependencies ready" if DEPENDS_ON[name] else "first in order"))
+        events.append(Event(name, "start", " and ".join(LABELS[dep] for dep in waits_for) + " ready" if waits_for else "depends on nothing"))
         return replace(mem, phase=Phase.STARTING), Start(name, "dependencies ready")
     if state == FATAL:
         return _retry_fatal(mem, name, info, seen, settings, events)

@@ -44,6 +44,7 @@ from ..programs import (
 )
 from ..relay import answers, scrub
 from ..relay.handler import HOP_HEADERS, RelayHandler
+from ..traffic_gate import TrafficGate
 from . import caller
 
 ASSISTANT = "/ajax-api/3.0/mlflow/assistant"
@@ -72,7 +73,7 @@ class MLflowServiceHandler(HubOAuthenticated, RelayHandler):
         self.hub_auth = hub_auth
         self.proof_secret = proof_secret  # the key of the proof that names the caller (hub/caller.py)
         self.tcp_client = tcp_client
-        self.initialize_relay(settings.jupyter.max_upload_size, settings.jupyter.mlflow_timeout)
+        self.initialize_relay(settings.jupyter.max_upload_size, settings.jupyter.mlflow_timeout, TrafficGate(settings.traffic_gate_file))
         self._xsrf_refusal: str | None = None  # why a login cookie was not accepted
         self._token: str | None = None
 

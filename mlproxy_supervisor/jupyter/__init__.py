@@ -53,9 +53,12 @@ def _mlflow_socket() -> str | None:
 
 
 def _proxy_options() -> dict:
-    """Where MLflow listens and the MLflow handler's limits (streaming: see proxy.py)."""
-    jupyter = _stack_settings().jupyter
-    return {"unix_socket": _mlflow_socket(), "max_upload_size": jupyter.max_upload_size, "mlflow_timeout": jupyter.mlflow_timeout}
+    """Where MLflow listens, the MLflow handler's limits (streaming: see proxy.py), and the gate the
+    stack's agent opens once MLflow is ready (none when no stack runs: nobody would open it)."""
+    settings = _stack_settings()
+    jupyter = settings.jupyter
+    gate = settings.traffic_gate_file if settings.resolved_from is not None else None
+    return {"unix_socket": _mlflow_socket(), "max_upload_size": jupyter.max_upload_size, "mlflow_timeout": jupyter.mlflow_timeout, "traffic_gate": gate}
 
 
 def mlflow_server_process() -> dict:

@@ -11,6 +11,7 @@ through this handler (tests/support/jsp_suite.py).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from jupyter_server_proxy.handlers import NamedLocalProxyHandler
 from tornado import web
@@ -19,6 +20,7 @@ from tornado.tcpclient import TCPClient
 from ..config import JupyterSettings
 from ..relay import scrub
 from ..relay.handler import RelayHandler
+from ..traffic_gate import TrafficGate
 from . import mistakes
 
 # The limits' defaults, as the configuration states them (a Jupyter server given no options).
@@ -36,12 +38,13 @@ class MLflowProxyHandler(RelayHandler, NamedLocalProxyHandler):
         unix_socket: str | None = None,
         max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE,
         mlflow_timeout: float = DEFAULT_MLFLOW_TIMEOUT,
+        traffic_gate: Path | None = None,
     ) -> None:
         self.port = port  # the route's port; MLflow's own too unless it listens on unix_socket
         # jupyter-server-proxy connects here (its UnixResolver) instead of localhost:port when set.
         self.unix_socket = unix_socket
         self.proxy_base = proxy_base  # "" -> redirects are rewritten under /proxy/<port>/
-        self.initialize_relay(max_upload_size, mlflow_timeout)
+        self.initialize_relay(max_upload_size, mlflow_timeout, TrafficGate(traffic_gate))
         self._location_context: tuple | None = None  # (host, port, proxied path) for the Location prefix
 
     # --- Jupyter's login, as an MLflow client understands it ------------------------------------

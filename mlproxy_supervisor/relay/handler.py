@@ -36,6 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tornado import httputil, web
 
+from ..traffic_gate import CLOSED_MESSAGE, TrafficGate
 from . import answers, origin, scrub
 from .pool import IdleConnections
 from .stream import (
@@ -72,9 +73,10 @@ class RelayHandler(web.RequestHandler):
     mlflow_timeout: float
     own_error_codes = frozenset(answers.ERROR_CODES) - {403}  # the doors' logins answer 403 their own way
 
-    def initialize_relay(self, max_upload_size: int, mlflow_timeout: float) -> None:
+    def initialize_relay(self, max_upload_size: int, mlflow_timeout: float, gate: TrafficGate) -> None:
         self.max_upload_size = max_upload_size
         self.mlflow_timeout = mlflow_timeout
+        self.gate = gate  # closed until the agent finds MLflow ready (traffic_gate.py)
         self._relay: Relay | None = None
         self._relayed: asyncio.Future | None = None  # the door's forward(), driving the relay
         self._received = 0  # request body bytes so far
@@ -175,6 +177,8 @@ class RelayHandler(web.RequestHandler):
             raise web.HTTPError(400, f"the request's body framing is invalid ({error}): send one plain Content-Length, or Transfer-Encoding: chunked") from None
         if self._client_gone():
             raise ClientGone()
+        if not self.gate.is_open():
+            raise web.HTTPError(503, CLOSED_MESSAGE)
         declared = self._framing.length or 0
         if declared > self.max_upload_size:
             raise web.HTTPError(413, self._too_large(declared))

@@ -21,8 +21,13 @@ from tests.support.postgres import Postgres, binaries
 
 pytestmark = pytest.mark.integration
 
-# Fast liveness so a hang is caught in seconds: period 1 s x 3 failures, 1 s timeout.
+# The ordered start (the parallel one, the default, is every other stack's: test_start_order.py
+# shows its order of traffic). Fast liveness so a hang is caught in seconds: period 1 s x 3
+# failures, 1 s timeout.
 CONFIG = """
+[agent]
+start_order = "ordered"
+
 [agent.liveness]
 period = 1
 timeout = 1
@@ -96,7 +101,7 @@ def _ready(status: dict) -> bool:
     return status["overall"] == "ready"
 
 
-def test_jupyter_starts_only_after_mlflow_is_ready(stack):
+def test_in_an_ordered_start_jupyter_starts_only_after_mlflow_is_ready(stack):
     status = stack.status()
     mlflow_ready = _events(status, "mlflow", "ready")[0]
     jupyter_start = _events(status, "jupyter", "start")[0]
@@ -238,7 +243,12 @@ def test_crash_loop_is_reported_with_its_cause_and_recovers_when_fixed(tmp_path)
         assert "Connection refused" in "\n".join(error["log_tail"]) or "connection" in error["message"].lower()
         result = stack.mlproxy("status")
         assert result.returncode == 2 and "cannot connect to the backend store" in result.stdout
-        assert down["services"]["jupyter"]["phase"] == "waiting", "Jupyter must wait for a ready MLflow"
+        # Jupyter started beside MLflow (the parallel start) and serves; its MLflow route refuses,
+        # saying where to look, until MLflow is ready.
+        stack.wait_for(lambda s: s["services"]["jupyter"]["phase"] == "ready", timeout=120, what="Jupyter ready")
+        refused = stack.session().get(stack.url("mlflow/api/2.0/mlflow/experiments/search?max_results=1"), timeout=60)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5", refused.text
+        assert "mlproxy status" in refused.json()["message"]
         postgres.start()  # the cause is fixed; nobody touches the stack
         stack.wait_ready(timeout=180)
         name = f"pg-{uuid.uuid4().hex[:6]}"

@@ -18,6 +18,7 @@ from mlproxy_supervisor.agent.reconcile import (
     ServiceMemory,
     Start,
     liveness_budget,
+    mlflow_admission,
     plan_probes,
     reconcile,
     wants_log_tail,
@@ -26,6 +27,7 @@ from mlproxy_supervisor.config import AgentSettings
 from mlproxy_supervisor.rpc import ProcessInfo
 
 SETTINGS = AgentSettings()
+ORDERED = AgentSettings(start_order="ordered")
 NOW = 1000.0
 
 
@@ -53,22 +55,37 @@ def ready_memory() -> Memory:
         "mlflow": ServiceMemory(phase=Phase.READY, pid=101, started=True, ready=True, seen_since=1.0, next_liveness=NOW + 2, next_readiness=NOW + 2),
         "jupyter": ServiceMemory(phase=Phase.READY, pid=202, started=True, ready=True, seen_since=1.0, next_liveness=NOW + 2, next_readiness=NOW + 2),
     }
-    return replace(Memory(), services=services, ever_ready=True, route=replace(Memory().route, ready=True, next_probe=NOW + 2))
+    route = replace(Memory().route, ready=True, next_probe=NOW + 2)
+    return replace(Memory(), services=services, ever_ready=True, route=route, admitted=101)
 
 
-def test_fresh_stack_starts_mlflow_first_and_jupyter_waits():
-    memory, actions, _ = reconcile(Memory(), seen(never_started("mlflow"), never_started("jupyter")), SETTINGS)
+def test_an_ordered_start_starts_mlflow_first_and_jupyter_waits():
+    memory, actions, _ = reconcile(Memory(), seen(never_started("mlflow"), never_started("jupyter")), ORDERED)
     assert actions == [Start("mlflow", "dependencies ready")]
     assert memory.services["jupyter"].phase is Phase.WAITING
     assert memory.overall is Overall.STARTING
 
 
-def test_jupyter_starts_in_the_step_mlflow_becomes_ready():
-    memory, _, _ = reconcile(Memory(), seen(proc("mlflow", "STARTING"), never_started("jupyter")), SETTINGS)
+def test_in_an_ordered_start_jupyter_starts_in_the_step_mlflow_becomes_ready():
+    memory, _, _ = reconcile(Memory(), seen(proc("mlflow", "STARTING"), never_started("jupyter")), ORDERED)
     assert memory.services["mlflow"].phase is Phase.STARTING
-    memory, actions, events = reconcile(memory, seen(proc("mlflow", "STARTING"), never_started("jupyter"), probes=[ok("mlflow")]), SETTINGS)
+    memory, actions, events = reconcile(memory, seen(proc("mlflow", "STARTING"), never_started("jupyter"), probes=[ok("mlflow")]), ORDERED)
     assert actions == [Start("jupyter", "dependencies ready")]
-    assert [(e.service, e.kind) for e in events] == [("mlflow", "ready"), ("jupyter", "start")]
+    assert [(e.service, e.kind, e.detail) for e in events][1] == ("jupyter", "start", "MLflow ready")
+
+
+def test_a_parallel_start_starts_both_at_once_and_readiness_keeps_its_order():
+    memory, actions, _ = reconcile(Memory(), seen(never_started("mlflow"), never_started("jupyter")), SETTINGS)
+    assert actions == [Start("mlflow", "dependencies ready"), Start("jupyter", "dependencies ready")]
+    # Jupyter ready first: the stack is not, and the route is not probed, until MLflow is too.
+    starting = seen(proc("mlflow", "STARTING"), proc("jupyter", "STARTING"))
+    memory, _, _ = reconcile(memory, starting, SETTINGS)
+    memory, _, events = reconcile(memory, replace(starting, probes=(ok("jupyter"),)), SETTINGS)
+    assert [(e.service, e.kind) for e in events] == [("jupyter", "ready")]
+    assert memory.overall is Overall.STARTING
+    assert all(request.target != "route" for request in plan_probes(memory, starting.processes, NOW, SETTINGS))
+    memory, _, _ = reconcile(memory, replace(starting, probes=(ok("mlflow"),)), SETTINGS)
+    assert [request.target for request in plan_probes(memory, starting.processes, NOW, SETTINGS)][-1] == "route"
 
 
 def test_the_ready_event_says_how_long_the_start_took_not_only_the_probe():
@@ -79,9 +96,9 @@ def test_the_ready_event_says_how_long_the_start_took_not_only_the_probe():
     assert ready.detail == "9.5 s after start (its probe answered in 10 ms)"
 
 
-def test_a_failed_startup_probe_starts_nothing_that_depends_on_it():
-    memory, _, _ = reconcile(Memory(), seen(proc("mlflow", "STARTING"), never_started("jupyter")), SETTINGS)
-    memory, actions, _ = reconcile(memory, seen(proc("mlflow", "STARTING"), never_started("jupyter"), probes=[ok("mlflow", good=False)]), SETTINGS)
+def test_in_an_ordered_start_a_failed_startup_probe_starts_nothing_that_depends_on_it():
+    memory, _, _ = reconcile(Memory(), seen(proc("mlflow", "STARTING"), never_started("jupyter")), ORDERED)
+    memory, actions, _ = reconcile(memory, seen(proc("mlflow", "STARTING"), never_started("jupyter"), probes=[ok("mlflow", good=False)]), ORDERED)
     assert actions == []
     assert not memory.services["mlflow"].started
 
@@ -156,12 +173,12 @@ def test_fatal_is_retried_with_capped_exponential_backoff():
     delays = []
     now = NOW
     for _ in range(6):
-        memory, actions, _ = reconcile(memory, seen(fatal, never_started("jupyter"), tails={"mlflow": "boom\ncannot connect"}, now=now), SETTINGS)
+        memory, actions, _ = reconcile(memory, seen(fatal, never_started("jupyter"), tails={"mlflow": "boom\ncannot connect"}, now=now), ORDERED)
         assert actions == [] and memory.overall is Overall.DOWN
         delay = memory.services["mlflow"].retry_at - now
         delays.append(delay)
         assert "cannot connect" in memory.services["mlflow"].last_error
-        memory, actions, _ = reconcile(memory, seen(fatal, never_started("jupyter"), now=now + delay), SETTINGS)
+        memory, actions, _ = reconcile(memory, seen(fatal, never_started("jupyter"), now=now + delay), ORDERED)
         assert actions == [Start("mlflow", "retry after FATAL")]
         now += delay
     assert delays == [2, 4, 8, 16, 32, 60]
@@ -339,3 +356,47 @@ def test_low_disk_space_degrades_a_ready_stack_with_the_reason_and_recovers():
     roomy = replace(full, space=(Space("the artifact store", "/data/a", MIN_FREE_BYTES * 4),))
     memory, _, events = reconcile(memory, roomy, SETTINGS)
     assert memory.overall is Overall.READY and [(e.service, e.kind) for e in events] == [("storage", "ok")]
+
+
+# --- the order of traffic (traffic_gate.py): who may send MLflow requests ---------------------
+
+
+def test_mlflow_gets_requests_from_its_startup_probe_until_its_process_goes():
+    starting = seen(proc("mlflow", "STARTING"), proc("jupyter", "STARTING"))
+    memory, _, _ = reconcile(Memory(), starting, SETTINGS)
+    assert mlflow_admission(memory, starting.processes, None) is None, "alive is not ready"
+    memory, _, _ = reconcile(memory, replace(starting, probes=(ok("mlflow"),)), SETTINGS)
+    assert mlflow_admission(memory, starting.processes, None) == 101
+    exited = seen(proc("mlflow", "EXITED"), proc("jupyter"))
+    memory, _, _ = reconcile(memory, exited, SETTINGS)
+    assert mlflow_admission(memory, exited.processes, 101) is None
+    again = seen(proc("mlflow", "STARTING", pid=303), proc("jupyter"))
+    memory, _, _ = reconcile(memory, again, SETTINGS)
+    assert mlflow_admission(memory, again.processes, None) is None, "a new process waits for its own probe"
+
+
+def test_a_hung_mlflow_is_closed_to_requests_in_the_step_the_agent_decides_to_replace_it():
+    memory = ready_memory()
+    hanging = seen(proc("mlflow"), proc("jupyter"), probes=[ok("mlflow", "liveness", good=False)])
+    for _ in range(SETTINGS.liveness.failure_threshold - 1):
+        memory, _, _ = reconcile(memory, hanging, SETTINGS)
+        assert mlflow_admission(memory, hanging.processes, 101) == 101, "a missed probe or two is not a hang"
+    memory, actions, _ = reconcile(memory, hanging, SETTINGS)
+    assert actions == [Restart("mlflow", 101, "hung: liveness failed 3 times in a row")]
+    assert mlflow_admission(memory, hanging.processes, 101) is None
+
+
+def test_an_adopted_mlflow_keeps_its_requests_while_a_new_agent_probes_it_again():
+    adopted = replace(Memory(), services={**Memory().services, "mlflow": ServiceMemory(pid=101)})
+    running = seen(proc("mlflow"), proc("jupyter"))
+    memory, _, _ = reconcile(adopted, running, SETTINGS)
+    assert not memory.services["mlflow"].started
+    assert mlflow_admission(memory, running.processes, 101) == 101
+    assert mlflow_admission(memory, running.processes, None) is None, "not opened by the old agent: wait for the probe"
+    assert mlflow_admission(memory, running.processes, 999) is None, "opened for another process"
+
+
+def test_a_silent_supervisord_leaves_the_requests_as_they_were():
+    memory = ready_memory()
+    assert mlflow_admission(memory, {}, 101) == 101
+    assert mlflow_admission(memory, {}, None) is None

@@ -18,3 +18,24 @@ def test_status_shows_each_distinct_cause_once():
     assert table.count(cause) == 2, table  # the message once, the log line once
     assert f"    | {cause}  (3 times)" in table and "    | INFO starting  (3 times)" in table, table
     assert status.distinct_lines(["a", "b", "a"]) == ["b", "a  (2 times)"]
+
+
+def test_status_says_how_long_the_last_start_of_each_server_took():
+    from mlproxy_supervisor import status
+    from mlproxy_supervisor.status_document import EventEntry, StatusDocument
+
+    def ready(service: str, detail: str) -> EventEntry:
+        return EventEntry(at="2026-12-07T00:00:00.000Z", service=service, event="ready", detail=detail)
+
+    events = [
+        ready("jupyter", "2.1 s after start (its probe answered in 9 ms)"),
+        ready("mlflow", "9.0 s after start (its probe answered in 30 ms)"),
+        ready("mlflow", "3.4 s after start (its probe answered in 12 ms)"),  # restarted since
+        ready("route", "0.2 s after MLflow and Jupyter were ready (its probe answered in 40 ms)"),
+        ready("mlflow", "again, 15 ms"),  # a readiness probe that recovered: not a start
+    ]
+    document = StatusDocument(overall="ready", summary="ready", events=events)
+    assert status.start_timings(document) == (
+        "jupyter ready 2.1 s after start; mlflow ready 3.4 s after start; route ready 0.2 s after MLflow and Jupyter were ready"
+    )
+    assert "Started: jupyter ready 2.1 s after start;" in status.render_table(document)

@@ -21,13 +21,21 @@ def test_supervisord_programs_render_to_valid_ini_with_the_policies(tmp_path):
     mlflow = parser["program:mlflow"]
     assert mlflow["command"] == f"{sys.executable} -m mlproxy_supervisor.launch {tmp_path}/run/programs/mlflow.json"
     assert mlflow["autostart"] == "true", "first in order: supervisord starts it with the agent"
-    assert parser["program:jupyter"]["autostart"] == "false", "the agent starts Jupyter once MLflow is ready"
+    assert parser["program:jupyter"]["autostart"] == "true", "parallel start (the default): with MLflow"
     assert (mlflow["stopasgroup"], mlflow["killasgroup"]) == ("true", "true")
     assert mlflow["stdout_logfile"] == f"{tmp_path}/logs/%(program_name)s.log"
     assert parser["program:agent"]["autostart"] == "true"
     # Higher priority numbers stop first: agent, then Jupyter, then MLflow.
     priorities = {name: int(parser[f"program:{name}"]["priority"]) for name in supervisord_conf.programs(config)}
     assert priorities["agent"] > priorities["jupyter"] > priorities["mlflow"]
+
+
+def test_an_ordered_start_leaves_the_front_door_to_the_agent(tmp_path):
+    for extra, door in (({}, "jupyter"), ({"team": {"hub_api_url": "http://127.0.0.1:8081/hub/api"}}, "service")):
+        config = settings(tmp_path, agent={"start_order": "ordered"}, **extra)
+        parser = configparser.RawConfigParser()
+        parser.read_string(supervisord_conf.render_program(door, config))
+        assert parser[f"program:{door}"]["autostart"] == "false", "the agent starts it once MLflow is ready"
 
 
 def test_stdout_mode_forwards_program_output_and_keeps_a_tail_file(tmp_path):

@@ -57,7 +57,7 @@ def test_team_programs_launch_files_and_environment(tmp_path):
     assert spec.mlflow.auth_secret_file == str(settings.mlflow_auth_secret)
     assert launch.launch_spec("service", settings).argv[-1] == "mlproxy_supervisor.hub.service"
     conf = supervisord_conf.render_program("service", settings)
-    assert "autostart=false" in conf and "service.json" in conf
+    assert "autostart=true" in conf and "service.json" in conf  # beside MLflow (the parallel start)
 
 
 def test_the_agent_probes_the_route_through_the_hubs_proxy(tmp_path):
@@ -72,14 +72,14 @@ def test_the_agent_probes_the_route_through_the_hubs_proxy(tmp_path):
     assert not any(check.authenticated for check in checks[("service", "readiness")])
 
 
-def test_the_service_starts_once_mlflow_is_ready():
+def test_in_an_ordered_start_the_service_starts_once_mlflow_is_ready():
     def info(name, state="RUNNING", pid=7):
         running = state == "RUNNING"
         return ProcessInfo(name, state, pid if running else 0, 990.0 if running else 0.0, 0.0, 1000.0, 0, "")
 
     memory = Memory.of(programs.TEAM_SERVICES)
     seen = Observation(1000.0, "RUNNING", {"mlflow": info("mlflow", pid=101), "service": info("service", "STOPPED")}, (), {}, 1000.0, {})
-    memory, actions, _ = reconcile(memory, seen, AgentSettings())
+    memory, actions, _ = reconcile(memory, seen, AgentSettings(start_order="ordered"))
     assert actions == []  # MLflow runs but is not ready yet: the service waits
     assert memory.services["service"].phase.value == "waiting"
 
