@@ -380,7 +380,10 @@ def _new_store(settings: Settings) -> bool:
     """Whether this start makes a new MLflow store: no SQLite database yet, or no state directory
     at all (a database server's store is the server's business)."""
     database = settings.sqlite_database
-    return not settings.state_dir.exists() or (database is not None and not database.exists())
+    try:
+        return not settings.state_dir.exists() or (database is not None and not database.exists())
+    except OSError:  # a state directory this user may not enter: preflight says so, with the fix
+        return False
 
 
 def _in_container() -> bool:
