@@ -366,12 +366,13 @@ def plot_timeline(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(STATES), 1, figsize=(10, 4.8), sharex=True)
+    figure, axes = plt.subplots(len(STATES), 1, figsize=(10, 5.4), sharex=True)
     for axis, state in zip(axes, STATES, strict=True):
         row = results["summary"][f"quiet_{state}"]
         labels = []
         for y, order in enumerate(("ordered", "parallel")):
             step = {key: value.get("median") for key, value in row["steps"][order].items()}
+            axis.barh(y, step["supervisord_started"], 0.7, color="lightgray", label="`mlproxy up` until supervisord runs" if y == 0 else None)
             for offset, (server, begin, end, color) in enumerate((("MLflow", "mlflow_spawned", "mlflow_ready", "tab:blue"),
                                                                  ("Jupyter", "jupyter_spawned", "jupyter_ready", "tab:orange"))):  # fmt: skip
                 if step.get(begin) is not None and step.get(end) is not None:
@@ -383,10 +384,11 @@ def plot_timeline(results: dict, path: Path) -> None:
         axis.axvline(bare, color="gray", linestyle="--", label="bare sequential limit")
         axis.set_yticks([0, 1], labels)
         axis.set_title(f"{state} state directory", fontsize=10)
+        axis.set_xlim(left=0)
     axes[-1].set_xlabel("seconds after `mlproxy up` (medians, quiet machine)")
-    axes[0].legend(loc="lower right", fontsize=8)
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)  # below: bars fill the axes
     figure.suptitle("Where a start's time goes: ordered against parallel" + (" (smoke run)" if results["conditions"]["smoke"] else ""))
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
 
