@@ -420,7 +420,7 @@ def main() -> int:
     out = root / "benchmarks" / "results"
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / f"{stem}.md").write_text(table + "\n")
-    figure = root / "docs" / "images" / ("quick-startup-timeline.png" if args.smoke else "startup-timeline.png")
+    figure = out / "quick.startup-timeline.png" if args.smoke else root / "docs" / "images" / "startup-timeline.png"
     plot_timeline(results, figure)
     if not args.smoke:
         rewrite_between(root / "docs" / "how-it-works.md", "<!-- startup-bench:begin -->", "<!-- startup-bench:end -->", table)
