@@ -226,11 +226,12 @@ class ProbeSettings(_Section):
 
 
 class AgentSettings(_Section):
-    start_order: Literal["parallel", "ordered"] = Field(
-        "parallel",
-        description="parallel: MLflow and its front door (Jupyter, or the Hub service) start at once; requests reach "
-        "MLflow only once the agent finds it ready (503 + Retry-After before). ordered: the front door's process "
-        "starts only once MLflow is ready.",
+    start_order: Literal["ordered", "parallel"] = Field(
+        "ordered",
+        description="ordered: the front door's process (Jupyter, or the Hub service) starts only once MLflow is ready. "
+        "parallel: both start at once and requests reach MLflow only once the agent finds it ready (503 + "
+        "Retry-After before): READY 0.70 x as soon on a quiet 2-core machine, no sooner under CPU load "
+        "(docs/how-it-works.md).",
     )
     startup_period: Seconds = Field(0.1, description="Probe period while a service or the route is not ready yet (fast poll).")
     mlflow_startup_budget: Seconds = Field(

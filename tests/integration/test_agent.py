@@ -21,8 +21,8 @@ from tests.support.postgres import Postgres, binaries
 
 pytestmark = pytest.mark.integration
 
-# The ordered start (the parallel one, the default, is every other stack's: test_start_order.py
-# shows its order of traffic). Fast liveness so a hang is caught in seconds: period 1 s x 3
+# The ordered start, the default, spelled out (test_start_order.py shows the parallel start's order
+# of traffic, and the crash-loop test below runs one). Fast liveness so a hang is caught in seconds: period 1 s x 3
 # failures, 1 s timeout.
 CONFIG = """
 [agent]
@@ -233,7 +233,8 @@ def test_crash_loop_is_reported_with_its_cause_and_recovers_when_fixed(tmp_path)
     postgres = Postgres(free_port()).init()  # not started yet
     # Stdout mode (systemd, containers): the cause must still reach the status, and every
     # program's output the stack's stdout.
-    config = f'log_target = "stdout"\n[mlflow]\nbackend_store_uri = "{postgres.uri}"\n[agent]\nbackoff_initial = 2\nbackoff_max = 4\n'
+    config = (f'log_target = "stdout"\n[mlflow]\nbackend_store_uri = "{postgres.uri}"\n'
+              '[agent]\nstart_order = "parallel"\nbackoff_initial = 2\nbackoff_max = 4\n')
     stack = Stack(tmp_path / "state", config=config).start(wait=False)
     try:
         down = stack.wait_for(lambda s: s["services"].get("mlflow", {}).get("state") == "FATAL", timeout=120, what="MLflow FATAL")

@@ -1,7 +1,7 @@
-"""The order of traffic in a parallel start (agent.start_order = "parallel", the default): MLflow and
+"""The order of traffic in a parallel start (agent.start_order = "parallel"; "ordered" is the default): MLflow and
 Jupyter start at once, and a client polling MLflow through Jupyter from the moment `mlproxy up`
 starts gets only 503 + Retry-After (never a 500, a 502 or a hang) until the agent has found MLflow
-ready; MLflow itself gets no request before that. The ordered start is test_agent.py's stack."""
+ready; MLflow itself gets no request before that. The ordered start is every other stack's."""
 
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ def _spawned(stack: Stack, program: str) -> float:
 # agent's next look, so a request let through on MLflow's own say-so would show.
 SLOW_STARTUP_PROBES = """
 [agent]
+start_order = "parallel"
 startup_period = 2
 """
 

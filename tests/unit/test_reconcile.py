@@ -26,8 +26,8 @@ from mlproxy_supervisor.agent.reconcile import (
 from mlproxy_supervisor.config import AgentSettings
 from mlproxy_supervisor.rpc import ProcessInfo
 
-SETTINGS = AgentSettings()
-ORDERED = AgentSettings(start_order="ordered")
+ORDERED = AgentSettings()  # the default
+SETTINGS = AgentSettings(start_order="parallel")  # both servers at once: most decisions are the same
 NOW = 1000.0
 
 

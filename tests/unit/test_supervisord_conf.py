@@ -21,7 +21,7 @@ def test_supervisord_programs_render_to_valid_ini_with_the_policies(tmp_path):
     mlflow = parser["program:mlflow"]
     assert mlflow["command"] == f"{sys.executable} -m mlproxy_supervisor.launch {tmp_path}/run/programs/mlflow.json"
     assert mlflow["autostart"] == "true", "first in order: supervisord starts it with the agent"
-    assert parser["program:jupyter"]["autostart"] == "true", "parallel start (the default): with MLflow"
+    assert parser["program:jupyter"]["autostart"] == "false", "ordered start (the default): the agent starts it"
     assert (mlflow["stopasgroup"], mlflow["killasgroup"]) == ("true", "true")
     assert mlflow["stdout_logfile"] == f"{tmp_path}/logs/%(program_name)s.log"
     assert parser["program:agent"]["autostart"] == "true"

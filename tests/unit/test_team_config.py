@@ -57,7 +57,7 @@ def test_team_programs_launch_files_and_environment(tmp_path):
     assert spec.mlflow.auth_secret_file == str(settings.mlflow_auth_secret)
     assert launch.launch_spec("service", settings).argv[-1] == "mlproxy_supervisor.hub.service"
     conf = supervisord_conf.render_program("service", settings)
-    assert "autostart=true" in conf and "service.json" in conf  # beside MLflow (the parallel start)
+    assert "autostart=false" in conf and "service.json" in conf  # the agent starts it once MLflow is ready
 
 
 def test_the_agent_probes_the_route_through_the_hubs_proxy(tmp_path):
