@@ -437,6 +437,16 @@ class Settings(BaseSettings):
         return self.runtime_dir / "mlflow-admitted"
 
     @property
+    def heartbeat_file(self) -> Path:
+        """Touched by the agent at every phase of its loop; `up` watches it (watchdog.py)."""
+        return self.runtime_dir / "agent-heartbeat"
+
+    @property
+    def watchdog_file(self) -> Path:
+        """What `up`'s watcher replaced, when and why (watchdog.py); `mlproxy status` shows it."""
+        return self.runtime_dir / "watchdog.json"
+
+    @property
     def resolved_file(self) -> Path:
         """This configuration as `mlproxy up` resolved it (0600): what the running stack uses."""
         return self.runtime_dir / "resolved.json"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from . import rpc
+from . import rpc, watchdog
 from .config import Settings
 from .exits import EXIT_DOWN, STATUS_EXIT
 from .status_document import ProbeReport, StatusDocument, age
@@ -18,9 +18,14 @@ STALE_AFTER = 10.0  # seconds; the agent rewrites the document at least every 2 
 
 
 def current_status(settings: Settings) -> StatusDocument:
-    """The status document, or a synthesized one when the stack or its agent is not reporting."""
+    """The status document, or a synthesized one when the stack or its agent is not reporting,
+    with the view of `up`'s watcher (watchdog.py)."""
     if not rpc.answers(settings.socket_path):
         return StatusDocument(overall="down", summary=f"not running (no supervisord on {settings.socket_path})")
+    return _agents_status(settings).model_copy(update={"watchdog": watchdog.report(settings)})
+
+
+def _agents_status(settings: Settings) -> StatusDocument:
     document = StatusDocument.read(settings.status_file)
     document_age = document.age if document else None
     if document is None or document_age is None or document_age > STALE_AFTER:
@@ -77,6 +82,8 @@ def render_table(status: StatusDocument) -> str:
         lines.append(f"MLflow: {status.urls.mlflow}  (also {status.urls.proxy})")
     if timings := start_timings(status):
         lines.append(f"Started: {timings}")
+    if status.watchdog is not None:
+        lines.append(f"Watchdog: {status.watchdog.describe()}")
     if status.services:
         rows = [("SERVICE", "STATE", "PHASE", "PID", "UPTIME", "RESTARTS", "LAST PROBE")]
         for name, service in status.services.items():

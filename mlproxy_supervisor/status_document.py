@@ -86,6 +86,36 @@ class EventEntry(_Part):
     detail: str = ""
 
 
+class Replacement(_Part):
+    at: str | None
+    process: str  # "agent" or "supervisord"
+    pid: int
+    cause: str  # watchdog.CAUSES
+    detail: str = ""  # how long it was silent
+
+
+class WatchdogReport(_Part):
+    """What `mlproxy up`'s watcher saw and did (watchdog.py writes it; `mlproxy status` adds the
+    heartbeat's age when it reads it)."""
+
+    heartbeat_age_s: float | None = None  # None: no heartbeat yet (the agent starting)
+    heartbeat_budget_s: float
+    replaced: dict[str, int] = {}  # process -> times the watcher replaced it
+    recent: list[Replacement] = []  # the latest replacements, oldest first
+
+    def describe(self) -> str:
+        """One line for `mlproxy status`."""
+        if self.heartbeat_age_s is None:
+            parts = ["no agent heartbeat yet"]
+        else:
+            parts = [f"agent heartbeat {self.heartbeat_age_s:.1f} s ago (replaced after {self.heartbeat_budget_s:g} s)"]
+        for process in ("agent", "supervisord"):
+            count = self.replaced.get(process, 0)
+            last = next((r for r in reversed(self.recent) if r.process == process), None)
+            parts.append(f"{process} replaced {count}x" + (f" (last at {last.at}: {last.detail})" if last else ""))
+        return "; ".join(parts)
+
+
 class StatusDocument(_Part):
     schema_version: int = Field(SCHEMA_VERSION, alias="schema")
     overall: Overall
@@ -98,6 +128,7 @@ class StatusDocument(_Part):
     services: dict[str, ServiceReport] = {}
     storage_problems: list[str] = []  # disk nearly full where MLflow writes
     events: list[EventEntry] = []
+    watchdog: WatchdogReport | None = None  # added by `mlproxy status`, not written by the agent
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2) + "\n"

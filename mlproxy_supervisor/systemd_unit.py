@@ -18,17 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import preflight, supervisord_conf, templates
-from .agent import probes
-from .agent.reconcile import ROUTE
 from .config import Settings
 from .exits import EXIT_CONFIG
 from .layout import CONFIG_FILE, DOCUMENTED_PYTHON, LOG_DIR, NAME, RUNTIME_DIR, STATE_DIR, USER, default_settings
 from .programs import programs
-from .timings import KILL_WAIT, ORPHAN_GRACE, RPC_TIMEOUT, WATCHDOG_MIN_SPACING
+from .timings import ORPHAN_GRACE, RPC_TIMEOUT, UP_LOOP_BOUND, WATCHDOG_MIN_SPACING
 
 START_MARGIN = 30  # s: preflight, supervisord and the agent starting, before MLflow's budget runs
 STOP_MARGIN = 10  # s: supervisord's own bookkeeping between programs
-WATCHDOG_MARGIN = 15  # s: on top of the longest agent step, so slowness never looks like a freeze
+WATCHDOG_MARGIN = 10  # s: on top of the longest loop of `up`, so slowness never looks like a freeze
 RESTART_SEC = 5
 START_LIMIT_BURST = 5
 
@@ -40,7 +38,6 @@ class Timeouts:
     watchdog: int
     start_limit_interval: int
     stop_budget: int  # the programs' stopwaitsecs, added
-    agent_step: int  # the longest one agent loop step can take
 
 
 def program_stopwaitsecs(settings: Settings) -> dict[str, int]:
@@ -53,30 +50,17 @@ def program_stopwaitsecs(settings: Settings) -> dict[str, int]:
     return result
 
 
-def agent_step_bound(settings: Settings) -> float:
-    """The longest one agent step can take, from the timeouts that bound each part of it."""
-    agent = settings.agent
-    route_checks = len(probes.checks(settings)[(ROUTE, "readiness")])  # run one after another
-    observe = 3 * RPC_TIMEOUT  # supervisor state, process list, pid
-    probing = max(route_checks * agent.readiness.timeout, agent.liveness.timeout)  # probes run in parallel
-    tails = 2 * RPC_TIMEOUT  # last log lines of failing services
-    restart = 3 * RPC_TIMEOUT + KILL_WAIT  # stop, kill, wait for the reap, start
-    return observe + probing + tails + restart
-
-
 def timeouts(settings: Settings) -> Timeouts:
     agent = settings.agent
     stop_budget = sum(program_stopwaitsecs(settings).values())
-    step = math.ceil(agent_step_bound(settings))
     start = math.ceil(agent.mlflow_startup_budget + agent.jupyter_startup_budget) + START_MARGIN
     return Timeouts(
         start=start,
         stop=math.ceil(stop_budget + ORPHAN_GRACE) + STOP_MARGIN,
-        watchdog=_round_up(step + WATCHDOG_MIN_SPACING + WATCHDOG_MARGIN, 10),
+        watchdog=_round_up(UP_LOOP_BOUND + WATCHDOG_MIN_SPACING + WATCHDOG_MARGIN, 10),
         # Five failed starts in a row, each allowed its full start timeout, then give up.
         start_limit_interval=START_LIMIT_BURST * (start + RESTART_SEC),
         stop_budget=stop_budget,
-        agent_step=step,
     )
 
 
@@ -127,7 +111,7 @@ def render(settings: Settings, python: str | None = None) -> str:
         stop_margin=STOP_MARGIN,
         timeout_stop=t.stop,
         rpc_timeout=f"{RPC_TIMEOUT:g}",
-        agent_step=t.agent_step,
+        up_loop=f"{UP_LOOP_BOUND:g}",
         watchdog_min_spacing=f"{WATCHDOG_MIN_SPACING:g}",
         watchdog_margin=WATCHDOG_MARGIN,
         watchdog=t.watchdog,

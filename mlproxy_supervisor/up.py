@@ -7,6 +7,9 @@ and kill it, so no process outlives `up` and both ports end free. However `up` i
 (kill -9, the OOM killer, a closed tmux pane), supervisord gets SIGTERM from the kernel (its
 parent-death signal) and stops the stack in the same order; under systemd, systemd owns the
 stack instead.
+
+`up` is also the stack's outermost watcher (watchdog.py): it replaces a frozen agent and a frozen
+supervisord, and under systemd it is what the unit's watchdog watches.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import credentials, launch, preflight, procfs, rpc, running, supervisord_conf, traffic_gate
+from . import credentials, launch, preflight, procfs, rpc, running, supervisord_conf, traffic_gate, watchdog
 from .agent.notify import Notifier
 from .config import ENV_PREFIX, RESOLVED_ENV, Settings, write_resolved
 from .console import say, started_by_systemd
@@ -30,7 +33,7 @@ from .programs import LABELS
 from .rpc import Supervisor, SupervisorUnavailable
 from .status_document import StatusDocument
 from .store import postgres, schema
-from .timings import ORPHAN_GRACE
+from .timings import ORPHAN_GRACE, WATCH_PERIOD
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
@@ -81,7 +84,9 @@ def _kill_orphans(grace: float = ORPHAN_GRACE) -> None:
     say(f"stopping {len(orphans)} process(es) left behind by supervisord")
     for pid in orphans:
         try:
-            os.killpg(os.getpgid(pid), signal.SIGTERM)
+            group = os.getpgid(pid)
+            os.killpg(group, signal.SIGTERM)
+            os.killpg(group, signal.SIGCONT)  # a frozen one acts on it too (or SIGKILL gets it)
         except (ProcessLookupError, PermissionError):
             pass
     deadline = time.monotonic() + grace
@@ -224,6 +229,7 @@ def prepare_runtime(settings: Settings) -> Path:
     stop`), the launch files, supervisord's configuration. Returns supervisord's configuration file."""
     write_resolved(settings, up={"pid": os.getpid(), "systemd": started_by_systemd()})
     traffic_gate.close(settings.traffic_gate_file)  # an earlier stack's: this MLflow is not ready yet
+    watchdog.forget(settings)  # an earlier stack's heartbeat and replacements
     settings.programs_dir.mkdir(mode=0o700, exist_ok=True)
     launch.write_launch_files(settings)
     if settings.team_mode:
@@ -304,18 +310,23 @@ class Supervision:
         self.stopping = False
         self.failed = False  # the start failed (the agent never reported)
         self.started = time.monotonic()
-        self.supervisord = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(prepared.conf)],
-            env=prepared.env,
-            start_new_session=True,  # Ctrl-C reaches us only; we ask supervisord to stop in order
-            # Under systemd the unit owns the stack (and stops it in order); elsewhere the stack ends with us.
-            preexec_fn=None if started_by_systemd() else _die_with_parent(os.getpid()),
-        )
+        self.supervisord = self._spawn()
+        self.watcher = watchdog.Watcher(settings, say)
+        self.replaced: set[int] = set()  # supervisords we killed as frozen: their exit is no failure
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self.request_stop)
         # A second shell finds this stack with no configuration. Under systemd the unit's own
         # configuration (/etc/mlproxy) names it already, and the service user's home is no place for it.
         self.record = None if started_by_systemd() else running.record(settings)
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(self.prepared.conf)],
+            env=self.prepared.env,
+            start_new_session=True,  # Ctrl-C reaches us only; we ask supervisord to stop in order
+            # Under systemd the unit owns the stack (and stops it in order); elsewhere the stack ends with us.
+            preexec_fn=None if started_by_systemd() else _die_with_parent(os.getpid()),
+        )
 
     def request_stop(self, signum=None, frame=None) -> None:
         if not self.stopping:
@@ -347,13 +358,47 @@ class Supervision:
             token = self.prepared.token if _should_print_token(self.prepared.token_generated) else None
             print_url(self.settings, token, time.monotonic() - self.started)
 
+    def _replace_supervisord(self, silence: float) -> None:
+        """supervisord is frozen: kill it, end its programs (now our children), start it again on
+        the same configuration. Its new agent starts MLflow and Jupyter; the traffic gate stays
+        closed until that MLflow is ready."""
+        frozen = self.supervisord
+        detail = f"{watchdog.CAUSES['supervisord']} for {silence:.0f} s"
+        say(f"supervisord (pid {frozen.pid}) is frozen: {detail}; replacing it and the programs it ran")
+        self.notifier.status(f"restarting: supervisord frozen ({detail})")
+        self.replaced.add(frozen.pid)
+        frozen.kill()
+        frozen.wait()
+        _kill_orphans()
+        traffic_gate.close(self.settings.traffic_gate_file)
+        self.settings.status_file.unlink(missing_ok=True)  # the old agent's view, not the new one's
+        self.watcher.record("supervisord", frozen.pid, detail)
+        if self.stopping:
+            return  # asked to stop meanwhile: the loop ends on the dead one
+        self.supervisord = self._spawn()
+        self.watcher.reset()
+
+    def _watch(self) -> bool:
+        """One look at supervisord and the agent; True when supervisord was replaced."""
+        silence = self.watcher.supervisord_silence()
+        if silence is not None:
+            self._replace_supervisord(silence)
+            return True
+        self.watcher.check_agent()
+        return False
+
     def watch(self) -> int:
         """Until supervisord exits; then end what it left. Returns up's exit status."""
         progress = Progress(self.settings, self.started)
         woken = False
         ended_orphans: set[int] = set()
-        next_orphan_check = 0.0
+        next_orphan_check = next_watch = 0.0
+        pinged = 0.0
         while self.supervisord.poll() is None:
+            now = time.monotonic()
+            if self.notifier.watchdog_interval and now - pinged >= self.notifier.watchdog_interval:
+                self.notifier.watchdog()  # systemd watches this loop: a frozen `up` gets the unit restarted
+                pinged = now
             if not woken and not self.stopping:
                 woken = self._wake(progress)
                 time.sleep(0.02)
@@ -365,12 +410,20 @@ class Supervision:
             if time.monotonic() >= next_orphan_check:
                 _end_adopted_orphans(self.supervisord.pid, ended_orphans)
                 next_orphan_check = time.monotonic() + 1.0
+            if time.monotonic() >= next_watch:
+                next_watch = time.monotonic() + WATCH_PERIOD
+                if self._watch():
+                    announced = progress.announced  # the URL stays what it was
+                    progress, woken = Progress(self.settings, time.monotonic()), False
+                    progress.announced = announced
+                    continue
             self._report(progress)
-        code = self.supervisord.returncode
+        code = 0 if self.stopping and self.supervisord.pid in self.replaced else self.supervisord.returncode
         if not self.stopping:
             self.notifier.status(f"down: supervisord {_ended(code)}; stopping what it left")
         _kill_orphans()
         self.settings.resolved_file.unlink(missing_ok=True)  # no running stack to describe any more
+        watchdog.forget(self.settings)
         running.forget(self.record)
         say("stopped" if code == 0 else f"supervisord {_ended(code)}")
         return EXIT_FAILED if self.failed and code == 0 else code

@@ -12,18 +12,17 @@ import sys
 import time
 from dataclasses import replace
 
-from .. import credentials, procfs, traffic_gate
+from .. import credentials, procfs, traffic_gate, watchdog
 from ..config import Settings
 from ..programs import AGENT_USER
 from ..rpc import ALIVE_STATES, STOPPED, Supervisor, SupervisorUnavailable
 from ..status_document import StatusDocument
-from ..timings import KILL_WAIT
+from ..timings import IDLE_TICK, KILL_WAIT
 from . import metrics, reconcile, report
 from .notify import Notifier
 from .probes import Prober, free_space, process_activity, store_locations
 from .reconcile import Memory, Observation, Overall, Restart, Start
 
-IDLE_TICK = 1.0  # seconds between looks at supervisord when nothing is starting (probes wake it too)
 STATUS_REFRESH = 2.0  # rewrite the status document at least this often (freshness for readers)
 
 
@@ -85,7 +84,6 @@ class Agent:
         self.supervisor_pid: int | None = None
         self.last_document: dict | None = None
         self.last_write = 0.0
-        self.last_watchdog = 0.0
         self.last_summary: str | None = None
 
     def _start_metrics(self) -> metrics.MetricsServer | None:
@@ -93,7 +91,7 @@ class Agent:
         if not port:
             return None
         try:
-            return metrics.MetricsServer(port)
+            return metrics.MetricsServer(port, self.settings)
         except OSError as error:
             log(f"metrics: cannot listen on 127.0.0.1:{port} ({error.strerror}); set agent.metrics_port")
             return None
@@ -148,15 +146,12 @@ class Agent:
             self.ready_notified = True
         else:
             self.notifier.status(summary)
-        interval = self.notifier.watchdog_interval
-        if interval and memory.supervisor_available and now - self.last_watchdog >= interval:
-            self.notifier.watchdog()  # only while supervisord answers: a frozen one gets us restarted
-            self.last_watchdog = now
 
     def step(self, memory: Memory, previous_pids: dict[str, int]) -> tuple[Memory, dict[str, int], bool]:
         """One pass: observe, take finished probe results, reconcile, act, start due probes,
         report. Returns the new memory, the pids seen, and whether anything is starting."""
         state, processes = self.observe()
+        self.beat()
         now = time.monotonic()
         tails = {
             name: self.supervisor.tail(name)
@@ -175,8 +170,10 @@ class Agent:
         for event in events:
             log(self.events.record(event, seen.wall))
         self._gate(memory.admitted)  # before acting: a hung MLflow gets no more requests before it is killed
+        self.beat()  # after the log tails, before a restart: each is a phase
         for action in actions:
             self.execute(action)
+            self.beat()
         self._reap_leftovers(previous_pids, processes)
         if processes:
             previous_pids = {name: processes[name].pid for name in memory.services if name in processes}
@@ -194,6 +191,7 @@ class Agent:
         log(f"agent started (pid {os.getpid()}), supervisord {'pid ' + str(self.supervisor_pid) if self.supervisor_pid else 'not answering'}")
         previous_pids = {name: mem.pid for name, mem in memory.services.items()}
         while not self.stopping:
+            self.beat()
             try:
                 memory, previous_pids, busy = self.step(memory, previous_pids)
             except Exception as error:  # a bug or a surprise must not take the agent down in a loop
@@ -204,6 +202,11 @@ class Agent:
         if self.metrics is not None:
             self.metrics.close()
         return 0
+
+    def beat(self) -> None:
+        """Between the phases of a step: `up` replaces an agent whose heartbeat stops (watchdog.py),
+        so no phase may take longer than AGENT_PHASE_BOUND."""
+        watchdog.beat(self.settings.heartbeat_file)
 
     def _gate(self, admitted: int | None) -> None:
         path = self.settings.traffic_gate_file

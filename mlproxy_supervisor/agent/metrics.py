@@ -14,6 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from .. import watchdog
+from ..config import Settings
 from ..rpc import ALIVE_STATES, STATES, UNKNOWN, ProcessInfo
 from .reconcile import ROUTE, Memory, Overall
 
@@ -55,6 +57,21 @@ def families(memory: Memory, processes: dict[str, ProcessInfo]) -> Iterator[Metr
     yield GaugeMetricFamily("mlproxy_stack_ready", "1 if the whole stack is ready.", value=float(memory.overall is Overall.READY))
 
 
+def watchdog_families(settings: Settings) -> Iterator[Metric]:
+    """The view of `up`'s watcher, read when scraped: the metrics thread answers even while the
+    agent's loop is frozen, so a scrape shows the heartbeat growing old."""
+    report = watchdog.report(settings)
+    if report is None:
+        return
+    if report.heartbeat_age_s is not None:
+        yield GaugeMetricFamily("mlproxy_agent_heartbeat_age_seconds", "Seconds since the agent's loop last touched its heartbeat.", value=report.heartbeat_age_s)
+    yield GaugeMetricFamily("mlproxy_agent_heartbeat_budget_seconds", "Heartbeat age at which `mlproxy up` replaces the agent.", value=report.heartbeat_budget_s)
+    replaced = CounterMetricFamily("mlproxy_watchdog_replacements", "Times `mlproxy up` replaced a frozen process.", labels=["process", "cause"])
+    for process, cause in watchdog.CAUSES.items():
+        replaced.add_metric([process, cause], float(report.replaced.get(process, 0)))
+    yield replaced
+
+
 class StackCollector:
     """Collects from the agent's latest view (replaced whole by the loop: no lock needed)."""
 
@@ -67,13 +84,22 @@ class StackCollector:
             yield from families(*latest)
 
 
+class WatchdogCollector:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        yield from watchdog_families(self.settings)
+
+
 class MetricsServer:
     """Serves /metrics on 127.0.0.1; the agent sets `latest` after each step."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, settings: Settings):
         self._collector = StackCollector()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self._collector)
+        self._registry.register(WatchdogCollector(settings))
         registry = self._registry
 
         class Handler(BaseHTTPRequestHandler):

@@ -18,9 +18,9 @@ class Notifier:
             address = "\0" + address[1:]  # abstract socket namespace
         self.address = address or None
         usec = environ.get("WATCHDOG_USEC", "")
-        # The agent is not systemd's main process (WATCHDOG_PID names `mlproxy up`), but with
-        # NotifyAccess=all its datagrams count. At least twice per interval, as
-        # sd_watchdog_enabled advises, and otherwise once a second.
+        # `mlproxy up` (systemd's main process) pings once per loop: at least twice per interval,
+        # as sd_watchdog_enabled advises, and otherwise once a second. The agent sends READY=1
+        # and STATUS=, which count with NotifyAccess=all.
         enabled = usec.isdigit() and int(usec) > 0
         self.watchdog_interval = min(int(usec) / 2e6, WATCHDOG_MIN_SPACING) if enabled else None
         self._last_status = None

@@ -15,7 +15,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlproxy_supervisor import watchdog
+from mlproxy_supervisor.timings import SUPERVISORD_SILENCE
 from tests.stack import Stack
+from tests.support.faults import gone
 from tests.support.ports import free_port
 from tests.support.postgres import Postgres, binaries
 
@@ -198,21 +201,6 @@ def test_systemd_notifications(stack, notify):
     assert recent, "WATCHDOG=1 must keep coming while the loop is healthy"
 
 
-def test_watchdog_stops_while_supervisord_is_frozen(stack, notify):
-    stack.wait_for(_ready, timeout=60, what="ready")
-    supervisord = stack.supervisor.pid()
-    os.kill(supervisord, signal.SIGSTOP)
-    try:
-        time.sleep(2)  # let pings already in flight land
-        frozen_at = time.time()
-        time.sleep(6)
-        during = [at for at, _ in notify.with_prefix("WATCHDOG=1") if at > frozen_at]
-    finally:
-        os.kill(supervisord, signal.SIGCONT)
-    assert not during, "the agent kept pinging the watchdog while supervisord was frozen"
-    stack.wait_for(_ready, timeout=60, what="ready after supervisord thawed")
-
-
 def test_metrics_parse_as_prometheus_text(stack):
     stack.wait_for(_ready, timeout=60, what="ready")
     answer = requests.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5)
@@ -226,6 +214,72 @@ def test_metrics_parse_as_prometheus_text(stack):
     assert samples[("mlproxy_service_state", (("service", "mlflow"), ("state", "RUNNING")))] == 1
     assert ("mlproxy_probe_latency_seconds", (("probe", "readiness"), ("service", "route"))) in samples
     assert families["mlproxy_restarts"].type == "counter"
+
+
+def _thaw(pid: int) -> None:
+    """Only if the test failed: a replaced process is gone."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def _metric_samples(stack: Stack) -> dict:
+    answer = requests.get(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5)
+    families = text_string_to_metric_families(answer.text)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+
+def test_frozen_agent_is_replaced_and_status_and_metrics_say_why(stack):
+    """SIGSTOP, and no SIGCONT: a deadlocked agent does not resume. `up` finds its heartbeat
+    stopped, kills it, and supervisord starts a new one, which adopts MLflow and Jupyter."""
+    stack.wait_for(_ready, timeout=60, what="ready")
+    servers = {name: stack.pid(name) for name in ("mlflow", "jupyter")}
+    agent = stack.pid("agent")
+    before = (stack.status().get("watchdog") or {}).get("replaced", {}).get("agent", 0)
+    budget = watchdog.heartbeat_budget(stack.settings)
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        status = stack.wait_for(lambda s: s.get("agent_pid") not in (None, agent) and _ready(s), timeout=budget + 60,
+                                what="a new agent reporting ready")  # fmt: skip
+    finally:
+        _thaw(agent)
+    stack.wait_for(lambda s: gone(agent), timeout=10, what="the frozen agent gone")
+    view = status["watchdog"]
+    assert view["replaced"]["agent"] == before + 1, view
+    last = view["recent"][-1]
+    assert (last["process"], last["pid"], last["cause"]) == ("agent", agent, "no heartbeat"), view
+    assert view["heartbeat_age_s"] < budget and view["heartbeat_budget_s"] == budget
+    assert {name: stack.pid(name) for name in servers} == servers, "the watcher touched MLflow or Jupyter"
+    assert f"the health agent (pid {agent}) is frozen" in stack.output.read_text()
+    table = stack.mlproxy("status").stdout
+    assert "Watchdog: agent heartbeat" in table and f"agent replaced {before + 1}x" in table, table
+    samples = _metric_samples(stack)
+    assert samples[("mlproxy_watchdog_replacements_total", (("cause", "no heartbeat"), ("process", "agent")))] == before + 1
+    assert 0 <= samples[("mlproxy_agent_heartbeat_age_seconds", ())] < budget
+    assert _route_works(stack)
+
+
+def test_frozen_supervisord_is_replaced_with_its_programs(stack, notify):
+    """A frozen supervisord answers nothing: `up` kills it, ends MLflow, Jupyter and the agent it
+    ran, and starts it again. Meanwhile `up` keeps pinging systemd's watchdog: it is alive."""
+    stack.wait_for(_ready, timeout=60, what="ready")
+    supervisord = stack.supervisor.pid()
+    programs = {name: stack.pid(name) for name in ("agent", "mlflow", "jupyter")}
+    frozen_at = time.time()
+    os.kill(supervisord, signal.SIGSTOP)
+    try:
+        status = stack.wait_for(lambda s: _ready(s) and (s.get("supervisord") or {}).get("pid") not in (None, supervisord),
+                                timeout=180, what="a new supervisord ready")  # fmt: skip
+    finally:
+        _thaw(supervisord)
+    assert [at for at, _ in notify.with_prefix("WATCHDOG=1") if frozen_at < at < frozen_at + SUPERVISORD_SILENCE]
+    for name, pid in {"supervisord": supervisord, **programs}.items():
+        assert gone(pid), f"the old {name} (pid {pid}) outlived its supervisord"
+    last = status["watchdog"]["recent"][-1]
+    assert (last["process"], last["pid"], last["cause"]) == ("supervisord", supervisord, "socket unanswered"), status["watchdog"]
+    assert f"supervisord (pid {supervisord}) is frozen" in stack.output.read_text()
+    assert _route_works(stack)
 
 
 @pytest.mark.skipif(binaries() is None, reason="PostgreSQL is not installed (apt-get install postgresql)")

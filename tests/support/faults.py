@@ -1,6 +1,11 @@
 """Faults under load: client processes log through /mlflow/ while processes of the stack are killed
-or frozen at random; after each fault the stack must be READY again, and at the end every write
-the server acknowledged must be stored. Used by tests/faults (short) and benchmarks (long).
+or frozen at random; after each fault the stack must be READY again with nothing left of the
+processes the fault hit, and at the end every write the server acknowledged must be stored. Used
+by tests/faults (short) and benchmarks (long).
+
+Frozen means frozen until replaced (SIGSTOP, never SIGCONT): in the field a deadlock or a syscall
+stuck on a dead mount does not resume. The compound kinds freeze the agent first, so that the
+second fault is found only once `mlproxy up` has replaced the agent (watchdog.py).
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ KINDS = (
     "freeze-mlflow", "freeze-jupyter", "freeze-agent",
     "freeze-mlflow-while-starting",  # a fault during a recovery: MLflow killed, its successor frozen
     "power-cut",
+    # Who watches the agent: each is found by `mlproxy up`, not by the agent.
+    "freeze-agent-then-freeze-mlflow", "freeze-agent-then-kill-jupyter", "freeze-agent-twice",
+    "freeze-supervisord",
 )
 RECOVERY_TIMEOUT = 300.0  # seconds; a loaded 2-core machine, MLflow possibly in supervisord's backoff
-AGENT_FREEZE = 5.0  # seconds a frozen agent stays frozen (nothing above it would notice under `up`)
 
 
 @dataclass
@@ -36,6 +43,7 @@ class Outcome:
     recovered: bool
     seconds: float  # from the fault to READY again (or to giving up)
     detail: str = ""
+    leftovers: tuple[int, ...] = ()  # processes the fault hit that still run after the recovery
 
 
 def _status(stack: Stack) -> StatusDocument | None:
@@ -82,6 +90,12 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+def gone(pid: int) -> bool:
+    """No such process any more (a zombie not reaped yet counts: it runs nothing)."""
+    info = procfs.stat(pid)
+    return info is None or info.state == "Z"
+
+
 def _signal(pids: list[int], signum: int) -> None:
     for pid in pids:
         try:
@@ -116,6 +130,7 @@ class Faults:
         assert _wait(lambda: _ready(stack), RECOVERY_TIMEOUT), "not ready before a fault"
         started = time.time()
         changed: dict[str, int] = {}
+        doomed: list[int] = []  # processes that must be gone once the stack has recovered
         detail = ""
         action, _, target = kind.partition("-")
         if kind == "power-cut":
@@ -131,11 +146,12 @@ class Faults:
                 detail = f"froze pid {successor} while starting"
             else:
                 changed["mlflow"] = old
-        elif target == "agent" and action == "freeze":
-            pid = stack.pid("agent")
-            os.kill(pid, signal.SIGSTOP)
-            time.sleep(AGENT_FREEZE)
-            os.kill(pid, signal.SIGCONT)
+        elif kind == "freeze-supervisord":
+            changed["supervisord"] = _service_pid(stack, "supervisord")
+            doomed += [stack.pid(name) for name in ("agent", "mlflow", "jupyter")]
+            os.kill(changed["supervisord"], signal.SIGSTOP)
+        elif kind.startswith("freeze-agent-"):
+            detail = self.compound(kind, changed, doomed)
         else:
             pid = stack.pid(target)
             os.kill(pid, signal.SIGKILL if action == "kill" else signal.SIGSTOP)
@@ -144,9 +160,29 @@ class Faults:
                 journal = Path(str(stack.state_dir / "mlflow.db") + "-journal")
                 detail = "journal pending" if journal.exists() else ""
         recovered = _wait(lambda: self.ready_after(started, changed), RECOVERY_TIMEOUT, 0.1)
-        outcome = Outcome(kind, recovered, time.time() - started, detail)
+        seconds = time.time() - started
+        doomed += changed.values()
+        _wait(lambda: all(gone(pid) for pid in doomed), 10)  # a reap may lag the new status document
+        outcome = Outcome(kind, recovered, seconds, detail, tuple(pid for pid in doomed if not gone(pid)))
         self.outcomes.append(outcome)
         return outcome
+
+    def compound(self, kind: str, changed: dict[str, int], doomed: list[int]) -> str:
+        """The agent frozen, then a second fault that only a live agent would find."""
+        stack = self.stack
+        agent = changed["agent"] = stack.pid("agent")
+        os.kill(agent, signal.SIGSTOP)
+        if kind == "freeze-agent-twice":  # its successor frozen as soon as it runs
+            if not _wait(lambda: stack.pid("agent") not in (0, agent), RECOVERY_TIMEOUT, 0.05):
+                return "the first frozen agent was never replaced"
+            changed["agent"] = stack.pid("agent")
+            os.kill(changed["agent"], signal.SIGSTOP)
+            doomed.append(agent)
+            return f"froze agents {agent} and {changed['agent']}"
+        action, _, target = kind.removeprefix("freeze-agent-then-").partition("-")
+        changed[target] = stack.pid(target)
+        os.kill(changed[target], signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+        return ""
 
     def power_cut(self) -> None:
         """SIGKILL of the whole tree at once (`mlproxy up`, supervisord and everything under it),

@@ -1,4 +1,4 @@
-"""Faults under systemd while clients write: kill -9 of supervisord, then a power cut of the unit.
+"""Faults under systemd while clients write: supervisord frozen, then killed, then a power cut of the unit.
 
 Clients inside the container (transient systemd services of their own, so the faults never touch
 them) log params, metrics and small artifacts through `/mlflow/` with the real mlflow client and
@@ -137,9 +137,24 @@ def clients(service):
             box.run("rm", "-rf", LOAD_DIR)
 
 
-def test_kill_9_of_supervisord_and_a_power_cut_lose_no_acknowledged_write(clients, timings):
+def test_frozen_and_killed_supervisord_and_a_power_cut_lose_no_acknowledged_write(clients, timings):
     box = clients
     wait_for_writes(box, "before any fault")
+
+    # SIGSTOP of supervisord, never resumed: `mlproxy up` replaces it and the programs it ran
+    # (watchdog.py); systemd restarts nothing.
+    before, old = show(box, "NRestarts", "MainPID"), stack_processes(box)
+    supervisord, mark = box.host_pid(program_pid(box, "supervisord")), cursor(box)
+    replaced = set(old) - {before["MainPID"]}
+    started = time.monotonic()
+    os.kill(supervisord, signal.SIGSTOP)
+    wait_until(lambda: not replaced & set(stack_processes(box)) and status_text(box) == READY, timeout=RECOVERY,
+               what="a new supervisord and programs, READY", interval=0.5)  # fmt: skip
+    timings.measure("SIGSTOP of supervisord to READY", started)
+    assert show(box, "NRestarts", "MainPID") == before, "systemd restarted the unit: `mlproxy up` should have"
+    assert inside(box, "route")["mlflow/health"]["status"] == 200
+    assert "is frozen: socket unanswered" in journal(box, mark)
+    wait_for_writes(box, "after SIGSTOP of supervisord")
 
     # kill -9 of supervisord: `mlproxy up` ends what it orphaned and fails; systemd restarts the unit.
     before, old = show(box, "NRestarts", "MainPID"), stack_processes(box)
@@ -167,5 +182,5 @@ def test_kill_9_of_supervisord_and_a_power_cut_lose_no_acknowledged_write(client
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["acknowledged"] >= 3 * MORE_WRITES and report["by_kind"]["metric"] > 0, report
     assert report["lost"] == [], f"{len(report['lost'])} acknowledged writes lost: {report['lost'][:5]}"
-    timings["writes acknowledged through both faults (all read back)"] = report["acknowledged"]
+    timings["writes acknowledged through the three faults (all read back)"] = report["acknowledged"]
     assert "supervisord was killed by SIGKILL" in journal(box, mark), "`mlproxy up` did not see supervisord killed"

@@ -39,3 +39,18 @@ def test_status_says_how_long_the_last_start_of_each_server_took():
         "jupyter ready 2.1 s after start; mlflow ready 3.4 s after start; route ready 0.2 s after MLflow and Jupyter were ready"
     )
     assert "Started: jupyter ready 2.1 s after start;" in status.render_table(document)
+
+
+def test_status_shows_the_watchdogs_view():
+    from mlproxy_supervisor import status
+    from mlproxy_supervisor.status_document import Replacement, StatusDocument, WatchdogReport
+
+    frozen = Replacement(at="2026-12-07T02:00:00.000Z", process="agent", pid=41, cause="no heartbeat", detail="no heartbeat for 21 s")
+    view = WatchdogReport(heartbeat_age_s=0.42, heartbeat_budget_s=21, replaced={"agent": 1}, recent=[frozen])
+    table = status.render_table(StatusDocument(overall="ready", summary="ready", watchdog=view))
+    assert (
+        "Watchdog: agent heartbeat 0.4 s ago (replaced after 21 s); agent replaced 1x "
+        "(last at 2026-12-07T02:00:00.000Z: no heartbeat for 21 s); supervisord replaced 0x"
+    ) in table, table
+    starting = WatchdogReport(heartbeat_budget_s=21)
+    assert starting.describe().startswith("no agent heartbeat yet; agent replaced 0x;")

@@ -21,6 +21,8 @@ from mlproxy_supervisor import (
     supervisord_conf,
     systemd_unit,
     templates,
+    timings,
+    watchdog,
 )
 from mlproxy_supervisor.agent.notify import Notifier
 from mlproxy_supervisor.config import Settings
@@ -86,17 +88,26 @@ def test_start_timeout_follows_the_agents_budgets():
     assert default.start_limit_interval >= systemd_unit.START_LIMIT_BURST * default.start
 
 
-def test_watchdog_covers_the_longest_agent_step_and_the_agent_pings_often_enough():
+def test_watchdog_covers_one_loop_of_up_and_up_pings_often_enough():
     config = layout.default_settings()
     timeouts = systemd_unit.timeouts(config)
-    assert timeouts.watchdog > systemd_unit.agent_step_bound(config) + 1
+    assert timeouts.watchdog > timings.UP_LOOP_BOUND + timings.WATCHDOG_MIN_SPACING
     usec = str(timeouts.watchdog * 1_000_000)
     notifier = Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": usec})
-    assert notifier.watchdog_interval == 1.0  # every step, at most once a second
+    assert notifier.watchdog_interval == 1.0  # every loop of `up`, at most once a second
     assert Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1000000"}).watchdog_interval == 0.5
     assert Notifier({"NOTIFY_SOCKET": "/run/x"}).watchdog_interval is None
-    slower_probes = settings(agent__readiness={"period": 2, "timeout": 20, "failure_threshold": 2})
-    assert systemd_unit.timeouts(slower_probes).watchdog > timeouts.watchdog
+    # `up` replaces a frozen supervisord well before systemd would notice anything.
+    assert timeouts.watchdog > timings.SUPERVISORD_SILENCE + timings.ORPHAN_GRACE
+
+
+def test_heartbeat_budget_covers_the_agents_longest_phase_and_its_sleep():
+    default = watchdog.heartbeat_budget(layout.default_settings())
+    assert default > timings.AGENT_PHASE_BOUND + timings.IDLE_TICK
+    # A restart's calls and reap wait, each bounded by its timeout: a live agent is never replaced.
+    assert timings.AGENT_PHASE_BOUND >= 4 * timings.RPC_TIMEOUT + timings.KILL_WAIT
+    slow_poll = watchdog.heartbeat_budget(settings(agent__startup_period=10))
+    assert slow_poll - default == 10 - timings.IDLE_TICK
 
 
 def test_directories_outside_the_units_own_are_made_writable():
