@@ -44,7 +44,7 @@ import urllib3
 import urllib3.connection
 
 from benchmarks import procs
-from benchmarks.report import rewrite_between
+from benchmarks.report import rewrite_between, save_results
 from benchmarks.scale import log, percentile
 from mlproxy_supervisor.config import read_resolved
 from tests.stack import Stack, port_is_free
@@ -712,10 +712,8 @@ def main() -> int:
     }
     results["summary"] = summarize(transfers, calls)
     stem = "quick.artifacts" if args.smoke else "artifacts"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     text = markdown(results)
-    (RESULTS / f"{stem}.md").write_text(text + "\n")
+    save_results(RESULTS, stem, results, text)
     plot(results, RESULTS / "quick.artifacts-throughput.png" if args.smoke else PLOT)
     if not args.smoke:
         rewrite_between(DOC, BEGIN, END, text)

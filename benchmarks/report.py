@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -22,6 +23,13 @@ def run_identity() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
                             capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
     return {"date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores"}
+
+
+def save_results(directory: Path, stem: str, results: dict, text: str) -> None:
+    """A run's results side by side: <stem>.json (every figure) and <stem>.md (the table the docs quote)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (directory / f"{stem}.md").write_text(text + "\n")
 
 
 def rewrite_between(doc: Path, begin: str, end: str, text: str) -> None:

@@ -9,7 +9,6 @@ Jupyter, and /proxy/<port>/health, polled from outside every 50 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ from tests.support.ports import free_port
 
 from . import procs, timeline
 from .probe import POLL_INTERVAL, mlflow_ready, route_ok, wait_ports_free, wait_until
-from .report import _fmt, rewrite_between, run_identity, stats
+from .report import _fmt, rewrite_between, run_identity, save_results, stats
 from .systems import OLD_RECIPE_SLEEP, Bare, Mlproxy, OldRecipe, Ports
 
 TIMEOUT = 240.0  # seconds any variant may take before the run counts as failed
@@ -418,8 +417,7 @@ def main() -> int:
     stem = "quick.startup" if args.smoke else "startup"
     table = order_markdown(results)
     out = root / "benchmarks" / "results"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(table + "\n")
+    save_results(out, stem, results, table)
     figure = out / "quick.startup-timeline.png" if args.smoke else root / "docs" / "images" / "startup-timeline.png"
     plot_timeline(results, figure)
     if not args.smoke:

@@ -48,7 +48,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from benchmarks import procs
-from benchmarks.report import rewrite_between
+from benchmarks.report import rewrite_between, save_results
 from benchmarks.scale import log, percentile
 from mlproxy_supervisor import local_http
 from mlproxy_supervisor.config import Settings
@@ -657,10 +657,8 @@ def main() -> int:
     }  # fmt: skip
     results["summary"] = summarize(memory, logging)
     stem = "quick.team" if args.smoke else "team"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     text = markdown(results)
-    (RESULTS / f"{stem}.md").write_text(text + "\n")
+    save_results(RESULTS, stem, results, text)
     plot_memory(results, RESULTS / "quick.team-memory.png" if args.smoke else MEMORY_PLOT)
     plot_latency(results, RESULTS / "quick.team-latency.png" if args.smoke else LATENCY_PLOT)
     if not args.smoke:
