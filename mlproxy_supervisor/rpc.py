@@ -85,6 +85,17 @@ class Supervisor:
         except (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError) as error:
             raise SupervisorUnavailable(f"supervisord at {self.socket_path}: {error}") from None
 
+    def replies(self) -> bool:
+        """Whether supervisord replies at all, a fault included: while it stops or reloads it
+        answers every call with SHUTDOWN_STATE, and that is a live supervisord, not a frozen one."""
+        try:
+            self._proxy.supervisor.getState()
+        except xmlrpc.client.Fault:
+            return True
+        except (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError):
+            return False
+        return True
+
     def state(self) -> str:
         """RUNNING, RESTARTING, SHUTDOWN or FATAL (supervisord's own state)."""
         return self._call("getState")["statename"]

@@ -18,6 +18,9 @@ HEARTBEAT_MARGIN = 5.0
 # supervisord is frozen when its socket has not answered for this long: two calls in a row, each
 # given RPC_TIMEOUT.
 SUPERVISORD_SILENCE = 2 * RPC_TIMEOUT
+# A supervisord started in place of a frozen one that has not answered after this long is replaced
+# again (its first start is judged by `up`'s report instead: the agent never reporting).
+SUPERVISORD_START_SILENCE = 30.0
 WATCH_PERIOD = 1.0  # seconds between `up`'s looks at supervisord and the agent's heartbeat
 # The longest one loop of `mlproxy up` takes: a look at supervisord, the agent's pid and the start
 # report's two calls (RPC_TIMEOUT each), and when it replaces supervisord, ORPHAN_GRACE for what

@@ -33,7 +33,7 @@ from .programs import LABELS
 from .rpc import Supervisor, SupervisorUnavailable
 from .status_document import StatusDocument
 from .store import postgres, schema
-from .timings import ORPHAN_GRACE, WATCH_PERIOD
+from .timings import ORPHAN_GRACE, SUPERVISORD_START_SILENCE, WATCH_PERIOD
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
@@ -309,7 +309,7 @@ class Supervision:
         self.notifier = notifier
         self.stopping = False
         self.failed = False  # the start failed (the agent never reported)
-        self.started = time.monotonic()
+        self.started = self.spawned = time.monotonic()
         self.supervisord = self._spawn()
         self.watcher = watchdog.Watcher(settings, say)
         self.replaced: set[int] = set()  # supervisords we killed as frozen: their exit is no failure
@@ -365,18 +365,22 @@ class Supervision:
         frozen = self.supervisord
         detail = f"{watchdog.CAUSES['supervisord']} for {silence:.0f} s"
         say(f"supervisord (pid {frozen.pid}) is frozen: {detail}; replacing it and the programs it ran")
-        self.notifier.status(f"restarting: supervisord frozen ({detail})")
+        self.notifier.send(f"STATUS=restarting: supervisord frozen ({detail})")
         self.replaced.add(frozen.pid)
         frozen.kill()
-        frozen.wait()
+        try:
+            frozen.wait(ORPHAN_GRACE)
+        except subprocess.TimeoutExpired:  # stuck in the kernel (a dead mount): it dies when that returns
+            say(f"supervisord (pid {frozen.pid}) does not die yet; starting a new one anyway")
         _kill_orphans()
         traffic_gate.close(self.settings.traffic_gate_file)
         self.settings.status_file.unlink(missing_ok=True)  # the old agent's view, not the new one's
         self.watcher.record("supervisord", frozen.pid, detail)
         if self.stopping:
             return  # asked to stop meanwhile: the loop ends on the dead one
-        self.supervisord = self._spawn()
-        self.watcher.reset()
+        self.supervisord, self.spawned = self._spawn(), time.monotonic()
+        if self.stopping:  # asked while it spawned: request_stop signalled the dead one
+            self.supervisord.send_signal(signal.SIGTERM)
 
     def _watch(self) -> bool:
         """One look at supervisord and the agent; True when supervisord was replaced."""
@@ -401,6 +405,11 @@ class Supervision:
                 pinged = now
             if not woken and not self.stopping:
                 woken = self._wake(progress)
+                if woken:
+                    self.watcher.reset()  # judged from its first answer on
+                elif self.replaced and time.monotonic() - self.spawned > SUPERVISORD_START_SILENCE:
+                    # A replacement that never answers (the same dead mount): replace it again.
+                    self._replace_supervisord(time.monotonic() - self.spawned)
                 time.sleep(0.02)
                 continue
             time.sleep(0.1)

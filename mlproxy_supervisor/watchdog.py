@@ -34,7 +34,6 @@ import signal
 import time
 from pathlib import Path
 
-from . import rpc
 from .config import Settings
 from .files import write_atomically
 from .rpc import ALIVE_STATES, Supervisor, SupervisorUnavailable
@@ -90,14 +89,15 @@ class Watcher:
         self._write()
 
     def reset(self) -> None:
-        """A new supervisord (or agent): judge it from now on."""
+        """A supervisord that has just answered for the first time: judge it, and its agent, from now on."""
         now = time.monotonic()
         self.answered = now
         self.heartbeat_seen: tuple[int, float] = (self._heartbeat_mtime(), now)
 
     def supervisord_silence(self) -> float | None:
-        """Seconds supervisord has not answered, once that is SUPERVISORD_SILENCE or more."""
-        if rpc.answers(self.settings.socket_path, timeout=RPC_TIMEOUT):
+        """Seconds supervisord has not replied, once that is SUPERVISORD_SILENCE or more. A stop or
+        reload under way replies (with a fault): never taken for a freeze."""
+        if Supervisor(self.settings.socket_path, RPC_TIMEOUT).replies():
             self.answered = time.monotonic()
             return None
         silence = time.monotonic() - self.answered
@@ -116,9 +116,14 @@ class Watcher:
         try:
             agent = Supervisor(self.settings.socket_path, RPC_TIMEOUT).processes().get("agent")
         except SupervisorUnavailable:
-            return  # supervisord's own silence is judged separately
+            return  # supervisord's own silence is judged separately (or it is stopping)
         if agent is None or agent.state not in ALIVE_STATES or agent.pid <= 1:
-            return  # not running (supervisord restarts it, or an operator stopped it)
+            return  # not running (an operator stopped it, supervisord backs off)
+        # An agent started since (supervisord restarted it, an operator started it again) has its
+        # whole budget from its own start, before its first beat.
+        silent = min(silent, agent.now - agent.start)
+        if silent < self.budget:
+            return
         detail = f"{CAUSES['agent']} for {silent:.0f} s"
         self.say(f"the health agent (pid {agent.pid}) is frozen: {detail}; replacing it")
         try:

@@ -260,6 +260,20 @@ def test_frozen_agent_is_replaced_and_status_and_metrics_say_why(stack):
     assert _route_works(stack)
 
 
+def test_an_agent_an_operator_starts_again_is_not_taken_for_a_frozen_one(stack):
+    """Stopped by an operator for longer than the heartbeat budget, then started again: its budget
+    starts with it, not with the last beat of the agent before."""
+    stack.wait_for(_ready, timeout=60, what="ready")
+    before = (stack.status().get("watchdog") or {}).get("replaced", {}).get("agent", 0)
+    assert stack.mlproxy("ctl", "stop", "agent").returncode == 0
+    time.sleep(watchdog.heartbeat_budget(stack.settings) + 3)  # the last heartbeat is older than the budget now
+    assert stack.mlproxy("ctl", "start", "agent").returncode == 0
+    agent = stack.pid("agent")
+    stack.wait_for(lambda s: s.get("agent_pid") == agent and _ready(s), timeout=60, what="the started agent reporting ready")
+    assert stack.pid("agent") == agent
+    assert stack.status()["watchdog"]["replaced"].get("agent", 0) == before
+
+
 def test_frozen_supervisord_is_replaced_with_its_programs(stack, notify):
     """A frozen supervisord answers nothing: `up` kills it, ends MLflow, Jupyter and the agent it
     ran, and starts it again. Meanwhile `up` keeps pinging systemd's watchdog: it is alive."""

@@ -147,7 +147,7 @@ class Faults:
             else:
                 changed["mlflow"] = old
         elif kind == "freeze-supervisord":
-            changed["supervisord"] = _service_pid(stack, "supervisord")
+            changed["supervisord"] = stack.supervisor.pid()
             doomed += [stack.pid(name) for name in ("agent", "mlflow", "jupyter")]
             os.kill(changed["supervisord"], signal.SIGSTOP)
         elif kind.startswith("freeze-agent-"):
