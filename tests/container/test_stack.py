@@ -163,3 +163,28 @@ def test_orphans_of_a_killed_jupyter_do_not_linger_as_zombies(stack):
     while (left := [p for p in processes(stack) if p["pid"] == kernel_pid or p["state"] == "Z"]) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, f"left behind after Jupyter was killed: {left}"
+
+
+def test_a_frozen_supervisord_is_replaced_inside_the_container(stack):
+    """Docker and podman restart nothing for an unhealthy container: `mlproxy up`, tini's child,
+    replaces a frozen supervisord and the programs it ran itself (watchdog.py). Last in the module:
+    every process but tini and `up` is new afterwards."""
+    everything = processes(stack)
+    frozen = next(p["pid"] for p in everything if p["argv"][1:3] == ["-m", "supervisor.supervisord"])
+    programs = [p["pid"] for p in everything if p["ppid"] == frozen]
+    stack.exec("python3", "-c", f"import os, signal; os.kill({frozen}, signal.SIGSTOP)")
+    started = time.monotonic()
+
+    def replaced() -> bool:
+        now = processes(stack)
+        old = [p for p in now if p["pid"] in (frozen, *programs) and p["state"] != "Z"]
+        return not old and any(p["argv"][1:3] == ["-m", "supervisor.supervisord"] for p in now)
+
+    while not replaced():
+        assert time.monotonic() - started < 120, "the frozen supervisord was not replaced within 120 s"
+        time.sleep(0.5)
+    stack.wait_healthy(timeout=120)
+    measure("healthy again after SIGSTOP of supervisord", f"{time.monotonic() - started:.1f} s")
+    session = authorized(stack.token)
+    assert session.get(f"{stack.base}/mlflow/{EXPERIMENTS}", timeout=30).status_code == 200
+    assert "is frozen: socket unanswered" in stack.logs()
