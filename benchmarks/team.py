@@ -50,11 +50,12 @@ from urllib.parse import urlsplit
 from benchmarks import procs
 from benchmarks.report import rewrite_between, save_results
 from benchmarks.scale import log, percentile
-from mlproxy_supervisor import local_http
+from mlproxy_supervisor import credentials, local_http
 from mlproxy_supervisor.config import Settings
-from mlproxy_supervisor.programs import ADMIN_HEADER, USER_HEADER
+from mlproxy_supervisor.hub import caller
 from tests.stack import Stack
-from tests.support.hub import SETUP_HINT, Hub, allocate_ports, missing_requirements, wait_until
+from tests.support.hub import SETUP_HINT, Hub, missing_requirements, wait_until
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -112,7 +113,7 @@ class Team:
 
 def team_config(state: Path, hub: Hub) -> tuple[str, dict]:
     """The team stack's configuration (the one file the stack and the Hub's configure() read) and its ports."""
-    service_port, mlflow_port, metrics_port = allocate_ports(3)
+    service_port, mlflow_port, metrics_port = free_port(), free_port(), free_port()
     config = (
         f'state_dir = "{state}"\n[mlflow]\nport = {mlflow_port}\n[agent]\nmetrics_port = {metrics_port}\n'
         f'[team]\nhub_api_url = "http://127.0.0.1:{hub.hub_port}/hub/api"\npublic_url = "{hub.base}"\n'
@@ -155,7 +156,7 @@ def team_running(directory: Path, users: tuple[str, ...]):
 @contextlib.contextmanager
 def single_user_stack(directory: Path):
     """A single-user mlproxy stack (no [team]): Jupyter's /mlflow/ route, MLflow on its socket."""
-    jupyter, mlflow, metrics = allocate_ports(3)
+    jupyter, mlflow, metrics = free_port(), free_port(), free_port()
     stack = Stack(directory / "single", jupyter_port=jupyter, mlflow_port=mlflow, metrics_port=metrics)
     try:
         stack.start(timeout=300)
@@ -355,7 +356,8 @@ def routes(team: Team, single: Stack, clients: int) -> dict[str, Route]:
     team_socket, single_socket = str(team.settings.mlflow_socket), str(single.settings.mlflow_socket)
     # Direct to the team's MLflow: the headers the service sends (hub/service.py), so the auth app
     # does the same work (the user's permissions) as behind the service.
-    as_service = tuple({USER_HEADER: user, ADMIN_HEADER: "false", "Host": f"127.0.0.1:{team.settings.mlflow.port}"} for user in users)
+    secret = credentials.read_token(team.settings.mlflow_auth_secret)
+    as_service = tuple({**caller.headers(user, False, secret), "Host": f"127.0.0.1:{team.settings.mlflow.port}"} for user in users)
     team_mlflow, single_mlflow = team.stack.pid("mlflow"), single.pid("mlflow")
     tokens = tuple({"Authorization": f"Bearer {team.hub.user_token(u)}"} for u in users)
     return {
