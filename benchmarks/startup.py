@@ -201,13 +201,13 @@ class Startup:
 
 # --- python -m benchmarks.startup: parallel against ordered, quiet and loaded ---------------------
 
-ORDER_VARIANTS = ("parallel", "ordered", "bare", "bare-parallel")
 ORDER_LABELS = {
     "parallel": 'mlproxy, start_order = "parallel"',
     "ordered": "mlproxy, ordered start (default)",
     "bare": "bare sequential limit (by hand: MLflow, then Jupyter)",
     "bare-parallel": "bare parallel limit (by hand: both at once)",
 }
+ORDER_VARIANTS = tuple(ORDER_LABELS)
 STATES = ("fresh", "existing")
 CONDITIONS = ("quiet", "hogs")
 HOGS = 2  # busy CPU loops, one per core of the machine this was written for

@@ -65,13 +65,13 @@ LATENCY_PLOT = ROOT / "docs" / "images" / "team-latency.png"
 BEGIN, END = "<!-- team-bench:begin (written by benchmarks/team.py) -->", "<!-- team-bench:end -->"
 API = "api/2.0/mlflow"
 READ = f"{API}/experiments/search?max_results=1"
-ROUTES = ("direct", "team", "single", "single_direct")
 LABELS = {
     "direct": "MLflow direct (team stack's socket)",
     "team": "team `/services/mlflow/` via the Hub's proxy",
     "single": "single-user `/mlflow/` via Jupyter",
     "single_direct": "MLflow direct (single-user stack, no auth app)",
 }
+ROUTES = tuple(LABELS)
 WARM_UP = 3  # calls per client before timing: the connection, and first-call costs
 
 
